@@ -1,0 +1,92 @@
+"""AWS clients built from the settings, and provisioning of the stream and buckets.
+
+The same code talks to moto on 127.0.0.1 and to real AWS: only the settings differ. boto3
+clients do not pickle, so Spark code must call these factories lazily on the executor.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from propensity.settings import Settings
+
+# botocore's own retries stay modest: callers retry throttling with backoff themselves, and
+# must know how many retries happened.
+_CLIENT_CONFIG = Config(retries={"max_attempts": 2, "mode": "standard"},
+                        connect_timeout=5, read_timeout=30, max_pool_connections=16)
+
+
+def client(service: str, settings: Settings) -> Any:
+    return boto3.session.Session().client(
+        service,
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        aws_access_key_id=_secret(settings.aws_access_key_id),
+        aws_secret_access_key=_secret(settings.aws_secret_access_key),
+        config=_CLIENT_CONFIG,
+    )
+
+
+def _secret(value: Any) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+def backoff_delays(base: float = 0.05, cap: float = 5.0) -> Iterator[float]:
+    """Exponential backoff with full jitter: 0..base, 0..2*base, ... capped at `cap`."""
+    attempt = 0
+    while True:
+        yield random.uniform(0, min(cap, base * 2**attempt))
+        attempt += 1
+
+
+def ensure_stream(settings: Settings, timeout_s: float = 60) -> None:
+    """Create the Kinesis stream unless it exists, and wait until it is active."""
+    kinesis = client("kinesis", settings)
+    try:
+        kinesis.create_stream(StreamName=settings.kinesis_stream,
+                              ShardCount=settings.kinesis_shards)
+    except kinesis.exceptions.ResourceInUseException:
+        pass
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=settings.kinesis_stream,
+        WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(timeout_s))},
+    )
+
+
+def ensure_buckets(settings: Settings) -> None:
+    s3 = client("s3", settings)
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    for bucket in settings.buckets():
+        if bucket in existing:
+            continue
+        if settings.aws_region == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={
+                "LocationConstraint": settings.aws_region})
+
+
+def provision(settings: Settings) -> None:
+    """Everything the code expects to exist: the Kinesis stream and the S3 buckets."""
+    ensure_stream(settings)
+    ensure_buckets(settings)
+
+
+def wait_for_endpoint(settings: Settings, timeout_s: float = 30) -> None:
+    """Block until the AWS endpoint answers (moto takes a moment to start)."""
+    deadline = time.monotonic() + timeout_s
+    s3 = client("s3", settings)
+    while True:
+        try:
+            s3.list_buckets()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

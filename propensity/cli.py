@@ -1,0 +1,173 @@
+"""`propensity`: the single command-line entry point.
+
+Each subcommand imports its module only when it runs, so `propensity stack up` stays quick.
+Settings come from the environment (see propensity.settings); `eval "$(propensity stack up)"`
+points every later command at the local stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from propensity.settings import Settings
+
+SAMPLE = Path(__file__).parent / "data" / "multicat-2019-10-01-head.csv.gz"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not isinstance(exc, _expected_errors()):
+            raise
+        print(f"propensity: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    """Failures a user can act on: reported in one line, without a traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from propensity.events import ContractError
+    from propensity.kinesis import KinesisPutError
+    from propensity.stack import StackError
+
+    return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
+            ClientError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="propensity", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    stack = commands.add_parser("stack", help="the embedded local stack (redis-server, moto)")
+    stack_commands = stack.add_subparsers(required=True, metavar="ACTION")
+    stack_commands.add_parser(
+        "up", help="start it (idempotent) and print export lines for eval"
+    ).set_defaults(handler=_stack_up)
+    stack_commands.add_parser("down", help="stop what `up` started").set_defaults(
+        handler=_stack_down)
+    stack_commands.add_parser("status", help="what runs where").set_defaults(
+        handler=_stack_status)
+
+    replay = commands.add_parser("replay", help="send a REES46 CSV file to Kinesis")
+    replay.add_argument("file", type=Path, help="REES46 CSV, plain or .gz")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=1.0,
+                      help="original timing divided by N (default 1: real time)")
+    pace.add_argument("--max", action="store_true", help="as fast as Kinesis accepts")
+    replay.add_argument("--limit", type=int, help="only the first K rows")
+    replay.add_argument("--events-per-record", type=int, default=1, metavar="K",
+                        help="pack up to K events per Kinesis record (newline-delimited JSON)")
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    replay.set_defaults(handler=_replay)
+
+    demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
+    demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="leave the demo's stack running at the end")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _stack(settings: Settings):
+    from propensity.stack import LocalStack
+
+    return LocalStack(settings.home)
+
+
+def _stack_up(_: argparse.Namespace) -> int:
+    started = time.monotonic()
+    stack = _stack(Settings())
+    settings = stack.up()
+    for status in stack.status():
+        svc = status.service
+        print(f"{svc.name:<6} pid {svc.pid:<8} 127.0.0.1:{svc.port}", file=sys.stderr)
+    print(f"stack up in {time.monotonic() - started:.1f} s; "
+          'configure a shell with: eval "$(propensity stack up)"', file=sys.stderr)
+    for name, value in sorted(settings.to_env().items()):
+        print(f"export {name}={shlex.quote(value)}")
+    return 0
+
+
+def _stack_down(_: argparse.Namespace) -> int:
+    stopped = _stack(Settings()).down()
+    for svc in stopped:
+        print(f"stopped {svc.name} (pid {svc.pid})")
+    if not stopped:
+        print("nothing of ours was running")
+    return 0
+
+
+def _stack_status(_: argparse.Namespace) -> int:
+    from propensity import aws
+
+    stack = _stack(Settings())
+    statuses = stack.status()
+    if not statuses:
+        print(f"the local stack is not up (home: {stack.home})")
+        return 1
+    healthy = True
+    for status in statuses:
+        svc = status.service
+        state = ("running" if status.running else "stopped") + (
+            ", answering" if status.answering else ", not answering")
+        healthy &= status.running and status.answering
+        print(f"{svc.name:<6} pid {svc.pid:<8} 127.0.0.1:{svc.port:<6} {state}  log {svc.log}")
+    if healthy:
+        settings = stack.settings()
+        kinesis = aws.client("kinesis", settings)
+        summary = kinesis.describe_stream_summary(StreamName=settings.kinesis_stream)
+        desc = summary["StreamDescriptionSummary"]
+        print(f"kinesis stream {settings.kinesis_stream}: {desc['OpenShardCount']} open shards,"
+              f" {desc['StreamStatus']}")
+        buckets = [b["Name"] for b in aws.client("s3", settings).list_buckets()["Buckets"]]
+        print(f"s3 buckets: {', '.join(sorted(buckets))}")
+    return 0 if healthy else 1
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from propensity import aws
+    from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+    from propensity.replay import replay
+
+    settings = Settings()
+    kinesis = aws.client("kinesis", settings)
+    summary = replay(
+        args.file,
+        KinesisWriter(kinesis, settings.kinesis_stream),
+        ShardMap(list_shards(kinesis, settings.kinesis_stream)),
+        speed=None if args.max else args.speed,
+        limit=args.limit,
+        events_per_record=args.events_per_record,
+        progress=not (args.quiet or args.json),
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(f"replayed {args.file} into {settings.kinesis_stream}")
+        print(summary.format())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from propensity.demo import run_demo
+
+    return run_demo(Settings(), args.file, keep_running=args.keep_running)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The clickstream event contract: the only place the event schema exists.
+
+An event arrives as a CSV row (REES46 files) or as a JSON object (one per line of a Kinesis
+record). Both are first turned into a *raw frame*: one text column per field, `None` where a
+field is absent, plus the event's raw payload and size. `validate` then applies the rules below
+to the whole frame at once (vectorised, so the same code serves replay, the streaming job and the
+batch import) and splits it into typed valid events and invalid ones with a reason code.
+
+Rules, in the order they are checked (the first that fails gives the reason):
+  malformed       not a CSV row of the header's width, not a JSON object, or a nested value
+  too_large       raw payload larger than MAX_EVENT_BYTES
+  missing_field   a required field is absent or empty (detail: the field)
+  bad_timestamp   event_time is not a timestamp with an explicit UTC offset
+  bad_event_type  event_type is not one of EVENT_TYPES
+  bad_id          an id is not an integer in int64 range, or a text id is too long
+  bad_price       price is not a finite number
+  negative_price  price < 0
+
+Identity: `event_id` when the producer sent one, otherwise a stable hash of every field, so the
+repeated rows of the raw data (and any redelivery) share one identity.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+EVENT_TYPES = ("view", "cart", "remove_from_cart", "purchase")
+MAX_EVENT_BYTES = 4096
+MAX_TEXT_ID_CHARS = 128
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+class Kind(StrEnum):
+    TIMESTAMP = "timestamp"
+    EVENT_TYPE = "event_type"
+    INT_ID = "int_id"
+    TEXT_ID = "text_id"
+    PRICE = "price"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class EventField:
+    name: str
+    kind: Kind
+    required: bool
+    arrow_type: pa.DataType
+
+
+FIELDS: tuple[EventField, ...] = (
+    EventField("event_time", Kind.TIMESTAMP, True, pa.timestamp("us", tz="UTC")),
+    EventField("event_type", Kind.EVENT_TYPE, True, pa.string()),
+    EventField("product_id", Kind.INT_ID, True, pa.int64()),
+    EventField("category_id", Kind.INT_ID, False, pa.int64()),
+    EventField("category_code", Kind.TEXT, False, pa.string()),
+    EventField("brand", Kind.TEXT, False, pa.string()),
+    EventField("price", Kind.PRICE, True, pa.float64()),
+    EventField("user_id", Kind.INT_ID, True, pa.int64()),
+    EventField("user_session", Kind.TEXT_ID, True, pa.string()),
+    EventField("event_id", Kind.TEXT_ID, False, pa.string()),
+    EventField("device_type", Kind.TEXT, False, pa.string()),
+    EventField("channel", Kind.TEXT, False, pa.string()),
+)
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)
+REES46_COLUMNS: tuple[str, ...] = FIELD_NAMES[:9]
+_FIELD = {f.name: f for f in FIELDS}
+
+# Typed valid events; event_id is always filled (given or computed).
+EVENT_SCHEMA = pa.schema(
+    [pa.field(f.name, f.arrow_type, nullable=not (f.required or f.name == "event_id"))
+     for f in FIELDS]
+)
+
+# Columns of a raw frame besides the fields, and of the invalid frame.
+PAYLOAD = "payload"  # the event as received: the CSV line or the JSON text
+SIZE = "size"  # bytes of the payload
+PROBLEM = "problem"  # a reason found while parsing (malformed), else None
+REASON = "reason"
+DETAIL = "detail"
+_RAW_COLUMNS = (*FIELD_NAMES, PAYLOAD, SIZE, PROBLEM)
+
+
+class Reason(StrEnum):
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    MISSING_FIELD = "missing_field"
+    BAD_TIMESTAMP = "bad_timestamp"
+    BAD_EVENT_TYPE = "bad_event_type"
+    BAD_ID = "bad_id"
+    BAD_PRICE = "bad_price"
+    NEGATIVE_PRICE = "negative_price"
+
+
+class ContractError(ValueError):
+    """A whole input cannot be read as events (for example a CSV without the REES46 columns)."""
+
+
+@dataclass
+class Validated:
+    valid: pd.DataFrame  # EVENT_SCHEMA columns, then any pass-through columns
+    invalid: pd.DataFrame  # payload, reason, detail, then any pass-through columns
+
+    def reason_counts(self) -> Counter[str]:
+        return Counter(self.invalid[REASON].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw frames
+
+
+def raw_frame(columns: dict[str, Sequence], passthrough: dict[str, Sequence] | None = None
+              ) -> pd.DataFrame:
+    """A raw frame from text columns; missing fields become all-None columns."""
+    n = len(next(iter(columns.values()))) if columns else 0
+    data = {name: columns.get(name, [None] * n) for name in _RAW_COLUMNS}
+    frame = pd.DataFrame(data, dtype=object)
+    frame[SIZE] = pd.to_numeric(frame[SIZE], errors="coerce").fillna(0).astype(np.int64)
+    for name, values in (passthrough or {}).items():
+        frame[name] = values
+    return frame
+
+
+def _json_scalar(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):  # bool is an int subclass: reject before the int branch
+        raise TypeError
+    if isinstance(value, int | float):
+        return repr(value)
+    raise TypeError
+
+
+def frame_from_json(payloads: Sequence[bytes | str],
+                    passthrough: dict[str, Sequence] | None = None) -> pd.DataFrame:
+    """A raw frame from JSON texts, one event each."""
+    columns: dict[str, list] = {name: [] for name in _RAW_COLUMNS}
+    for payload in payloads:
+        text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+        values, problem = _parse_json_event(payload)
+        for name in FIELD_NAMES:
+            columns[name].append(values.get(name))
+        columns[PAYLOAD].append(text)
+        columns[SIZE].append(len(payload) if isinstance(payload, bytes) else len(text.encode()))
+        columns[PROBLEM].append(problem)
+    return raw_frame(columns, passthrough)
+
+
+def _parse_json_event(payload: bytes | str) -> tuple[dict[str, str | None], str | None]:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return {}, "not JSON"
+    if not isinstance(obj, dict):
+        return {}, "not a JSON object"
+    values: dict[str, str | None] = {}
+    for name in FIELD_NAMES:
+        try:
+            values[name] = _json_scalar(obj.get(name))
+        except TypeError:
+            return {}, f"{name} is not a string or number"
+    return values, None
+
+
+def split_record(data: bytes) -> list[bytes]:
+    """The events of one Kinesis record: one JSON object per non-blank line."""
+    return [line for line in data.split(b"\n") if line.strip()]
+
+
+def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFrame]:
+    """Raw frames from a REES46 CSV file (plain or .gz), in file order, chunk by chunk.
+
+    Rows of the wrong width come out as malformed rows (with the next chunk), not as errors.
+    """
+    bad_rows: list[str] = []
+
+    def on_invalid_row(row: pacsv.InvalidRow) -> str:
+        bad_rows.append(row.text)
+        return "skip"
+
+    stream = pa.input_stream(str(path), compression="detect")
+    try:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=chunk_bytes),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(FIELD_NAMES, pa.string()),
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except pa.ArrowInvalid as exc:
+        raise ContractError(f"{path}: not a readable CSV file: {exc}") from exc
+    header = reader.schema.names
+    missing = [c for c in REES46_COLUMNS if c not in header]
+    if missing:
+        raise ContractError(f"{path}: header lacks the REES46 columns {missing}; got {header}")
+    known = [c for c in header if c in _FIELD]
+    for batch in reader:
+        frame = _csv_batch_frame(batch, known)
+        if bad_rows:
+            frame = pd.concat([frame, _malformed_lines(bad_rows)], ignore_index=True)
+            bad_rows.clear()
+        yield frame
+    if bad_rows:
+        yield _malformed_lines(bad_rows)
+
+
+def _csv_batch_frame(batch: pa.RecordBatch, known: list[str]) -> pd.DataFrame:
+    columns: dict[str, Sequence] = {name: batch.column(name).to_pandas() for name in known}
+    # The size of the line is its fields' UTF-8 bytes plus the separators; the line itself is
+    # rebuilt only for rows that turn out invalid (see _payloads).
+    size = np.full(batch.num_rows, len(known) - 1, dtype=np.int64)
+    for name in known:
+        size += pc.binary_length(batch.column(name)).to_numpy(zero_copy_only=False)
+    columns[SIZE] = size
+    frame = raw_frame(columns)
+    frame.attrs["csv_columns"] = known
+    return frame
+
+
+def _malformed_lines(lines: list[str]) -> pd.DataFrame:
+    return raw_frame({
+        PAYLOAD: list(lines),
+        SIZE: [len(line.encode()) for line in lines],
+        PROBLEM: ["row width differs from the header"] * len(lines),
+    })
+
+
+def _csv_line(values: Iterable[str | None]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(["" if v is None else v for v in values])
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+_REES46_TIME = "%Y-%m-%d %H:%M:%S UTC"
+_EXPLICIT_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2}|\sUTC)$"
+_DIGITS = r"^\d{1,19}$"
+
+
+def validate(raw: pd.DataFrame) -> Validated:
+    """Split a raw frame into typed valid events and invalid ones with reason and detail."""
+    n = len(raw)
+    reason = np.full(n, None, dtype=object)
+    detail = np.full(n, None, dtype=object)
+
+    def flag(mask: np.ndarray | pd.Series, code: Reason, why: object) -> None:
+        hit = np.asarray(mask, dtype=bool) & pd.isna(reason)
+        reason[hit] = code.value
+        detail[hit] = why[hit] if isinstance(why, np.ndarray) else why
+
+    problem = raw[PROBLEM].to_numpy(dtype=object)
+    flag(pd.notna(problem), Reason.MALFORMED, problem)
+    flag(raw[SIZE].to_numpy() > MAX_EVENT_BYTES, Reason.TOO_LARGE, f"over {MAX_EVENT_BYTES} bytes")
+
+    text = {name: _clean_text(raw[name]) for name in FIELD_NAMES}
+    for field in FIELDS:
+        if field.required:
+            flag(text[field.name].isna(), Reason.MISSING_FIELD, field.name)
+
+    event_time = _parse_times(text["event_time"])
+    flag(event_time.isna() & text["event_time"].notna(), Reason.BAD_TIMESTAMP,
+         "event_time needs a timestamp with a UTC offset")
+
+    event_type = text["event_type"]
+    flag(event_type.notna() & ~event_type.isin(EVENT_TYPES), Reason.BAD_EVENT_TYPE,
+         "event_type must be one of " + ", ".join(EVENT_TYPES))
+
+    ids: dict[str, pd.Series] = {}
+    for field in FIELDS:
+        values = text[field.name]
+        if field.kind is Kind.INT_ID:
+            ids[field.name] = parsed = _parse_int_ids(values)
+            flag(values.notna() & parsed.isna(), Reason.BAD_ID,
+                 f"{field.name} must be an integer id")
+        elif field.kind is Kind.TEXT_ID:
+            flag(values.str.len() > MAX_TEXT_ID_CHARS, Reason.BAD_ID,
+                 f"{field.name} is longer than {MAX_TEXT_ID_CHARS} characters")
+
+    price = pd.to_numeric(text["price"], errors="coerce").astype(np.float64)
+    flag(text["price"].notna() & ~np.isfinite(price), Reason.BAD_PRICE, "price must be a number")
+    flag(price < 0, Reason.NEGATIVE_PRICE, "price must be >= 0")
+
+    ok = pd.isna(reason)
+    passthrough = [c for c in raw.columns if c not in _RAW_COLUMNS]
+    valid = pd.DataFrame({
+        "event_time": event_time[ok],
+        "event_type": event_type[ok],
+        "product_id": ids["product_id"][ok].astype(np.int64),
+        "category_id": ids["category_id"][ok],
+        "category_code": text["category_code"][ok],
+        "brand": text["brand"][ok],
+        "price": price[ok],
+        "user_id": ids["user_id"][ok].astype(np.int64),
+        "user_session": text["user_session"][ok],
+        "event_id": text["event_id"][ok],
+        "device_type": text["device_type"][ok],
+        "channel": text["channel"][ok],
+    })
+    valid["event_id"] = event_identity(valid)
+    for name in passthrough:
+        valid[name] = raw[name][ok]
+
+    bad = ~ok
+    invalid = pd.DataFrame({
+        PAYLOAD: _payloads(raw, bad),
+        REASON: reason[bad],
+        DETAIL: detail[bad],
+    })
+    for name in passthrough:
+        invalid[name] = raw[name].to_numpy()[bad]
+    return Validated(valid.reset_index(drop=True), invalid.reset_index(drop=True))
+
+
+def _clean_text(values: pd.Series) -> pd.Series:
+    """Strip surrounding whitespace; empty text counts as absent (None)."""
+    stripped = values.astype(object).str.strip().to_numpy(dtype=object)
+    stripped[pd.isna(stripped) | (stripped == "")] = None
+    return pd.Series(stripped, index=values.index, dtype=object)
+
+
+def _parse_times(values: pd.Series) -> pd.Series:
+    times = pd.to_datetime(values, format=_REES46_TIME, utc=True, errors="coerce")
+    retry = times.isna() & values.notna()
+    if retry.any():
+        candidates = values[retry]
+        candidates = candidates[candidates.str.contains(_EXPLICIT_OFFSET, regex=True)]
+        candidates = candidates.str.replace(r"\sUTC$", "+00:00", regex=True)
+        if len(candidates):
+            times[candidates.index] = pd.to_datetime(
+                candidates, format="ISO8601", utc=True, errors="coerce")
+    return times.astype("datetime64[us, UTC]")
+
+
+def _parse_int_ids(values: pd.Series) -> pd.Series:
+    """Integer ids as Int64, NA where absent, not all digits or beyond int64."""
+    numbers = values[values.str.match(_DIGITS, na=False)].map(int)
+    numbers = numbers[numbers <= _INT64_MAX]
+    parsed = pd.Series(pd.NA, index=values.index, dtype="Int64")
+    parsed[numbers.index] = numbers.astype(np.int64)
+    return parsed
+
+
+def _payloads(raw: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Raw payloads of the given rows, rebuilding CSV lines that were not kept while reading."""
+    payloads = raw[PAYLOAD].to_numpy(dtype=object)[rows]
+    csv_columns = raw.attrs.get("csv_columns")
+    if csv_columns:
+        subset = raw.loc[rows, csv_columns]
+        for i, values in enumerate(subset.itertuples(index=False, name=None)):
+            if payloads[i] is None:
+                payloads[i] = _csv_line(values)
+    return payloads
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity and serialisation
+
+
+def event_identity(valid: pd.DataFrame) -> list[str]:
+    """`event_id` where given, else a 128-bit hash of every field in canonical form."""
+    micros = valid["event_time"].astype("datetime64[us, UTC]").astype(np.int64)
+    columns = (
+        valid["event_id"], micros, valid["event_type"], valid["product_id"],
+        valid["category_id"].astype(object), valid["category_code"], valid["brand"],
+        valid["price"], valid["user_id"], valid["user_session"], valid["device_type"],
+        valid["channel"],
+    )
+    return [
+        given if isinstance(given, str) else _hash_fields(rest)
+        for given, *rest in zip(*columns, strict=True)
+    ]
+
+
+def _hash_fields(values: list) -> str:
+    canonical = "\x1f".join(
+        "" if v is None or v is pd.NA else repr(v) if isinstance(v, float) else str(v)
+        for v in values
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def to_json(valid: pd.DataFrame) -> list[bytes]:
+    """Each valid event as a compact JSON object (absent optional fields left out)."""
+    times = valid["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").str.replace(
+        ".000000Z", "Z", regex=False)
+    records = valid[list(FIELD_NAMES)].assign(event_time=times).astype(object)
+    records = records.where(records.notna(), None)
+    return [
+        orjson.dumps({k: v for k, v in zip(FIELD_NAMES, row, strict=True) if v is not None},
+                     option=orjson.OPT_SERIALIZE_NUMPY)
+        for row in records.itertuples(index=False, name=None)
+    ]
+
+
+def to_arrow(valid: pd.DataFrame) -> pa.Table:
+    """Valid events as an Arrow table of EVENT_SCHEMA (pass-through columns left out)."""
+    return pa.Table.from_pandas(valid[list(FIELD_NAMES)], schema=EVENT_SCHEMA,
+                                preserve_index=False)

@@ -1,0 +1,71 @@
+"""Every setting the system reads, in one place.
+
+Each field is read from the environment variable named by its alias. The same names appear in
+`propensity stack up`'s exports, docker-compose.yml, the Terraform outputs and the README, and
+tests check that they agree with this module. On AWS the credentials stay unset so that boto3
+uses the instance or task role.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    # AWS, by the names boto3 itself reads, so every AWS client (ours, Feast's) agrees.
+    aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")
+    aws_region: str = Field("us-east-1", alias="AWS_DEFAULT_REGION")
+    aws_access_key_id: SecretStr | None = Field(None, alias="AWS_ACCESS_KEY_ID")
+    aws_secret_access_key: SecretStr | None = Field(None, alias="AWS_SECRET_ACCESS_KEY")
+
+    kinesis_stream: str = Field("propensity-events", alias="PROPENSITY_KINESIS_STREAM")
+    kinesis_shards: int = Field(2, ge=1, alias="PROPENSITY_KINESIS_SHARDS")
+
+    # Feast's Redis connection string: "host:port[,ssl=true][,password=...]".
+    redis: str = Field("127.0.0.1:6379", alias="PROPENSITY_REDIS")
+
+    events_uri: str = Field("s3://propensity-lake/events", alias="PROPENSITY_EVENTS_URI")
+    quarantine_uri: str = Field(
+        "s3://propensity-lake/quarantine", alias="PROPENSITY_QUARANTINE_URI"
+    )
+    features_uri: str = Field("s3://propensity-features/features", alias="PROPENSITY_FEATURES_URI")
+    models_uri: str = Field("s3://propensity-models/models", alias="PROPENSITY_MODELS_URI")
+
+    # Where the embedded local stack keeps its pids, logs and Spark checkpoints.
+    home: Path = Field(Path(".propensity"), alias="PROPENSITY_HOME")
+
+    def s3_uris(self) -> list[str]:
+        return [self.events_uri, self.quarantine_uri, self.features_uri, self.models_uri]
+
+    def buckets(self) -> list[str]:
+        """The S3 buckets the system writes to, each once, in a stable order."""
+        return list(dict.fromkeys(s3_bucket(uri) for uri in self.s3_uris()))
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables (unset optional values left out)."""
+        env: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[field.alias or name.upper()] = str(value)
+        return env
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        return {field.alias or name.upper() for name, field in cls.model_fields.items()}
+
+
+def s3_bucket(uri: str) -> str:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return parsed.netloc
