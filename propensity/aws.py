@@ -6,6 +6,7 @@ clients do not pickle, so Spark code must call these factories lazily on the exe
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -48,11 +49,9 @@ def backoff_delays(base: float = 0.05, cap: float = 5.0) -> Iterator[float]:
 def ensure_stream(settings: Settings, timeout_s: float = 60) -> None:
     """Create the Kinesis stream unless it exists, and wait until it is active."""
     kinesis = client("kinesis", settings)
-    try:
+    with contextlib.suppress(kinesis.exceptions.ResourceInUseException):
         kinesis.create_stream(StreamName=settings.kinesis_stream,
                               ShardCount=settings.kinesis_shards)
-    except kinesis.exceptions.ResourceInUseException:
-        pass
     kinesis.get_waiter("stream_exists").wait(
         StreamName=settings.kinesis_stream,
         WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(timeout_s))},

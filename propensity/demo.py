@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from propensity import aws, events
-from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_all
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_events
 from propensity.replay import replay
 from propensity.settings import Settings
 from propensity.stack import LocalStack
@@ -23,54 +19,22 @@ from propensity.stack import LocalStack
 EVENTS_PER_RECORD = 10  # moto takes ~2k records/s; packing keeps the demo quick
 
 
-@dataclass
-class Arrivals:
-    """What a stream holds, read back through the event contract."""
-
-    records: int = 0
-    per_shard: Counter[str] = field(default_factory=Counter)
-    event_ids: Counter[str] = field(default_factory=Counter)
-    by_type: Counter[str] = field(default_factory=Counter)
-    invalid: Counter[str] = field(default_factory=Counter)
-    sessions: set[str] = field(default_factory=set)
-    users: set[int] = field(default_factory=set)
-    first: pd.Timestamp | None = None
-    last: pd.Timestamp | None = None
-
-    @property
-    def events(self) -> int:
-        return sum(self.event_ids.values())
-
-    def format(self) -> str:
-        shards = ", ".join(f"{s}: {n:,}" for s, n in sorted(self.per_shard.items()))
-        types = ", ".join(f"{t}: {n:,}" for t, n in self.by_type.most_common())
-        return "\n".join([
-            f"  records     {self.records:>10,}  ({shards})",
-            f"  events      {self.events:>10,}  ({types})",
-            f"  distinct    {len(self.event_ids):>10,}  events by identity",
-            f"  sessions    {len(self.sessions):>10,}  of {len(self.users):,} users",
-            f"  time range  {self.first} .. {self.last}",
-            f"  invalid     {sum(self.invalid.values()):>10,}",
-        ])
-
-
-def read_arrivals(settings: Settings) -> Arrivals:
-    arrivals = Arrivals()
-    for shard_id, record in read_all(aws.client("kinesis", settings), settings.kinesis_stream):
-        arrivals.records += 1
-        batch = events.validate(events.frame_from_json(events.split_record(record["Data"])))
-        valid = batch.valid
-        arrivals.per_shard[shard_id] += len(valid)
-        arrivals.event_ids.update(valid["event_id"])
-        arrivals.by_type.update(valid["event_type"])
-        arrivals.invalid.update(batch.reason_counts())
-        arrivals.sessions.update(valid["user_session"])
-        arrivals.users.update(valid["user_id"])
-        if len(valid):
-            first, last = valid["event_time"].min(), valid["event_time"].max()
-            arrivals.first = first if arrivals.first is None else min(arrivals.first, first)
-            arrivals.last = last if arrivals.last is None else max(arrivals.last, last)
-    return arrivals
+def describe_arrivals(arrived: events.Validated) -> str:
+    """A short account of what a stream holds (see kinesis.read_events)."""
+    valid = arrived.valid
+    shards = valid.groupby("shard_id").size()
+    types = valid["event_type"].value_counts()
+    return "\n".join([
+        f"  records     {len(valid[['shard_id', 'sequence_number']].drop_duplicates()):>10,}  ("
+        + ", ".join(f"{s}: {n:,} events" for s, n in shards.items()) + ")",
+        f"  events      {len(valid):>10,}  ("
+        + ", ".join(f"{t}: {n:,}" for t, n in types.items()) + ")",
+        f"  distinct    {valid['event_id'].nunique():>10,}  events by identity",
+        f"  sessions    {valid['user_session'].nunique():>10,}  of "
+        f"{valid['user_id'].nunique():,} users",
+        f"  time range  {valid['event_time'].min()} .. {valid['event_time'].max()}",
+        f"  invalid     {len(arrived.invalid):>10,}",
+    ])
 
 
 def run_demo(settings: Settings, file: Path, keep_running: bool = False) -> int:
@@ -89,12 +53,13 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False) -> int:
                       events_per_record=EVENTS_PER_RECORD)
         print(sent.format())
         print("[3/3] reading the stream back from every shard ...")
-        arrived = read_arrivals(demo_settings)
-        print(arrived.format())
+        arrived = read_events(kinesis, demo_settings.kinesis_stream)
+        print(describe_arrivals(arrived))
         distinct_sent = sent.sent - sent.duplicates
-        if arrived.events != sent.sent or len(arrived.event_ids) != distinct_sent:
+        got, distinct_got = len(arrived.valid), arrived.valid["event_id"].nunique()
+        if (got, distinct_got) != (sent.sent, distinct_sent) or len(arrived.invalid):
             print(f"MISMATCH: sent {sent.sent:,} events ({distinct_sent:,} distinct), "
-                  f"{arrived.events:,} arrived ({len(arrived.event_ids):,} distinct)")
+                  f"{got:,} arrived ({distinct_got:,} distinct)")
             return 1
         print(f"every one of the {sent.sent:,} valid events arrived exactly once")
         return 0

@@ -5,7 +5,7 @@ service limits, and retries throttled calls and the failed records of partial re
 backoff until every record is accepted. A call that fails after Kinesis accepted it (a timeout)
 is sent again, so delivery is at least once; consumers de-duplicate by event identity.
 
-Consumer: `read_shard` and `read_all` read from TRIM_HORIZON until caught up.
+Consumer: `read_shard`, `read_all` and `read_events` read from TRIM_HORIZON until caught up.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from propensity import events
 from propensity.aws import backoff_delays
 
 MAX_RECORDS_PER_PUT = 500
@@ -159,3 +160,17 @@ def read_all(kinesis: Any, stream: str) -> Iterator[tuple[str, dict]]:
     for shard in list_shards(kinesis, stream):
         for record in read_shard(kinesis, stream, shard["ShardId"]):
             yield shard["ShardId"], record
+
+
+def read_events(kinesis: Any, stream: str) -> events.Validated:
+    """Every event in the stream through the event contract, with its shard, record sequence
+    number and arrival time as extra columns."""
+    payloads: list[bytes] = []
+    extra: dict[str, list] = {"shard_id": [], "sequence_number": [], "arrival_time": []}
+    for shard_id, record in read_all(kinesis, stream):
+        for line in events.split_record(record["Data"]):
+            payloads.append(line)
+            extra["shard_id"].append(shard_id)
+            extra["sequence_number"].append(record["SequenceNumber"])
+            extra["arrival_time"].append(record["ApproximateArrivalTimestamp"])
+    return events.validate(events.frame_from_json(payloads, extra))

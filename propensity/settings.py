@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     # AWS, by the names boto3 itself reads, so every AWS client (ours, Feast's) agrees.
     aws_endpoint_url: str | None = Field(None, alias="AWS_ENDPOINT_URL")

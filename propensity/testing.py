@@ -1,0 +1,92 @@
+"""Helpers that make the real components easy to use in tests and benchmarks.
+
+- `running_stack(home)`: a real redis-server and moto server for the duration of a block.
+- `with_fresh_stream(settings)`: settings pointing at a new, empty Kinesis stream.
+- `FlakyKinesis`: a Kinesis client that throttles and partially fails PutRecords calls on
+  purpose, forwarding what it accepts to the real (moto) Kinesis behind it.
+- `write_csv(path, rows)`: a REES46 CSV file (plain or .gz) from rows of field values.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from propensity import aws
+from propensity.events import REES46_COLUMNS
+from propensity.settings import Settings
+from propensity.stack import LocalStack
+
+_THROTTLED = "ProvisionedThroughputExceededException"
+
+
+@contextmanager
+def running_stack(home: Path) -> Iterator[Settings]:
+    stack = LocalStack(home)
+    try:
+        yield stack.up()
+    finally:
+        stack.down()
+
+
+def with_fresh_stream(settings: Settings, shards: int | None = None) -> Settings:
+    fresh = settings.model_copy(update={
+        "kinesis_stream": f"test-{uuid.uuid4().hex[:12]}",
+        "kinesis_shards": shards or settings.kinesis_shards,
+    })
+    aws.ensure_stream(fresh)
+    return fresh
+
+
+class FlakyKinesis:
+    """Wraps a Kinesis client: the first `throttled_calls` PutRecords calls are rejected whole,
+    the next `partial_calls` accept only every other record and report the rest as throttled,
+    exactly as a partial PutRecords response does. Everything else is passed through."""
+
+    def __init__(self, inner: Any, throttled_calls: int = 0, partial_calls: int = 0) -> None:
+        self._inner = inner
+        self._throttled_left = throttled_calls
+        self._partial_left = partial_calls
+        self.rejected_records = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put_records(self, StreamName: str, Records: Sequence[dict]) -> dict:
+        if self._throttled_left:
+            self._throttled_left -= 1
+            self.rejected_records += len(Records)
+            raise ClientError({"Error": {"Code": _THROTTLED, "Message": "injected"}},
+                              "PutRecords")
+        if not self._partial_left:
+            return self._inner.put_records(StreamName=StreamName, Records=list(Records))
+        self._partial_left -= 1
+        accepted = list(Records[::2])
+        response = self._inner.put_records(StreamName=StreamName, Records=accepted)
+        results: list[dict] = []
+        forwarded = iter(response["Records"])
+        for i in range(len(Records)):
+            if i % 2 == 0:
+                results.append(next(forwarded))
+            else:
+                results.append({"ErrorCode": _THROTTLED, "ErrorMessage": "injected"})
+        failed = len(Records) - len(accepted)
+        self.rejected_records += failed
+        return {"FailedRecordCount": failed + response["FailedRecordCount"], "Records": results}
+
+
+def write_csv(path: Path, rows: Sequence[Sequence[object]],
+              header: Sequence[str] = REES46_COLUMNS) -> Path:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "wt", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,90 @@
+"""`propensity stack up|down|status` with real processes, and the shell workflow of the README."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from propensity import aws
+from propensity.stack import LocalStack
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+def _pids(stack: LocalStack) -> dict[str, int]:
+    return {s.service.name: s.service.pid for s in stack.status()}
+
+
+def test_up_is_idempotent_restarts_what_died_and_down_stops_only_ours(tmp_path: Path) -> None:
+    stack = LocalStack(tmp_path)
+    settings = stack.up()
+    try:
+        first = _pids(stack)
+        assert all(s.running and s.answering for s in stack.status())
+        assert redis.Redis.from_url(f"redis://{settings.redis}").ping()
+        kinesis = aws.client("kinesis", settings)
+        assert kinesis.describe_stream_summary(StreamName=settings.kinesis_stream)[
+            "StreamDescriptionSummary"]["OpenShardCount"] == settings.kinesis_shards
+        buckets = {b["Name"] for b in aws.client("s3", settings).list_buckets()["Buckets"]}
+        assert set(settings.buckets()) <= buckets
+
+        assert stack.up() == settings and _pids(stack) == first  # nothing restarted
+
+        psutil.Process(first["redis"]).kill()
+        psutil.Process(first["redis"]).wait(5)
+        settings = stack.up()
+        again = _pids(stack)
+        assert again["moto"] == first["moto"] and again["redis"] != first["redis"]
+        assert redis.Redis.from_url(f"redis://{settings.redis}").ping()
+    finally:
+        stopped = stack.down()
+    assert {s.name for s in stopped} == {"redis", "moto"}
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+                   for pid in again.values())
+    assert stack.status() == [] and stack.down() == []
+
+
+def test_readme_workflow_in_a_shell(tmp_path: Path) -> None:
+    """eval "$(propensity stack up)"; propensity replay <sample> --max; propensity stack down"""
+    script = f"""
+        set -e
+        eval "$(propensity stack up)"
+        propensity stack status >&2
+        propensity replay {SAMPLE} --max --json
+        cat "$PROPENSITY_HOME/stack/state.json" >&2
+        propensity stack down >&2
+    """
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
+           "PROPENSITY_HOME": str(tmp_path)}
+    for name in ("AWS_ENDPOINT_URL", "PROPENSITY_REDIS"):
+        env.pop(name, None)
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["read"] == summary["sent"] + summary["invalid_total"] == 17434
+    assert summary["records"] == summary["sent"]
+    state = json.loads(done.stderr[done.stderr.index("{"): done.stderr.rindex("}") + 1])
+    for service in state.values():  # down left no process of ours
+        assert not psutil.pid_exists(service["pid"]) or \
+            psutil.Process(service["pid"]).create_time() != service["started_at"]
+
+
+def test_errors_a_user_can_act_on_are_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PROPENSITY_HOME": str(tmp_path)}
+    done = subprocess.run([BIN / "propensity", "replay", str(tmp_path / "missing.csv"), "--max"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("propensity: error:") and "Traceback" not in done.stderr
+    done = subprocess.run([BIN / "propensity", "stack", "status"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "not up" in done.stdout
