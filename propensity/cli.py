@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
         handler=_stack_down)
     stack_commands.add_parser("status", help="what runs where").set_defaults(
         handler=_stack_status)
+    stack_commands.add_parser(
+        "provision", help="create the Kinesis stream and S3 buckets at the configured endpoint"
+                          " (docker-compose's init step)"
+    ).set_defaults(handler=_stack_provision)
 
     replay = commands.add_parser("replay", help="send a REES46 CSV file to Kinesis")
     replay.add_argument("file", type=Path, help="REES46 CSV, plain or .gz")
@@ -137,6 +141,16 @@ def _stack_status(_: argparse.Namespace) -> int:
         buckets = [b["Name"] for b in aws.client("s3", settings).list_buckets()["Buckets"]]
         print(f"s3 buckets: {', '.join(sorted(buckets))}")
     return 0 if healthy else 1
+
+
+def _stack_provision(_: argparse.Namespace) -> int:
+    from propensity import aws
+
+    settings = Settings()
+    aws.wait_for_endpoint(settings)
+    aws.provision(settings)
+    print(f"stream {settings.kinesis_stream} and buckets {', '.join(settings.buckets())} ready")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
