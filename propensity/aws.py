@@ -11,6 +11,7 @@ import random
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
@@ -89,3 +90,26 @@ def wait_for_endpoint(settings: Settings, timeout_s: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def s3_filesystem(settings: Settings) -> Any:
+    """A pyarrow S3 filesystem for the settings (pyspark has no s3a; EMRFS is EMR-only)."""
+    from pyarrow import fs
+
+    options: dict[str, Any] = {"region": settings.aws_region}
+    if settings.aws_endpoint_url:
+        endpoint = urlparse(settings.aws_endpoint_url)
+        options["endpoint_override"] = endpoint.netloc
+        options["scheme"] = endpoint.scheme
+    if settings.aws_access_key_id is not None:
+        options["access_key"] = _secret(settings.aws_access_key_id)
+        options["secret_key"] = _secret(settings.aws_secret_access_key)
+    return fs.S3FileSystem(**options)
+
+
+def s3_key(uri: str) -> str:
+    """`s3://bucket/prefix` as pyarrow's `bucket/prefix`."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3":
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    return f"{parsed.netloc}{parsed.path}".rstrip("/")

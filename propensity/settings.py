@@ -37,6 +37,20 @@ class Settings(BaseSettings):
     features_uri: str = Field("s3://propensity-features/features", alias="PROPENSITY_FEATURES_URI")
     models_uri: str = Field("s3://propensity-models/models", alias="PROPENSITY_MODELS_URI")
 
+    # Feast's registry: a local file here, s3://... when several hosts share it.
+    feast_registry: str = Field(".propensity/feast/registry.db", alias="PROPENSITY_FEAST_REGISTRY")
+    # Feature semantics shared by streaming, training and serving (see propensity.features).
+    session_timeout_s: int = Field(1800, ge=60, alias="PROPENSITY_SESSION_TIMEOUT_S")
+    # How late (event time) an event may arrive before the streaming job quarantines it.
+    watermark_delay_s: int = Field(600, ge=0, alias="PROPENSITY_WATERMARK_DELAY_S")
+    # How long online features live in Redis after their last update.
+    online_ttl_s: int = Field(7200, ge=60, alias="PROPENSITY_ONLINE_TTL_S")
+    # Spark checkpoints of the streaming job: a local folder here, s3://... on EMR.
+    checkpoint_dir: str = Field(".propensity/checkpoints", alias="PROPENSITY_CHECKPOINT_DIR")
+
+    # Spark master for the jobs: "local[2]" embedded; empty keeps spark-submit's (EMR).
+    spark_master: str = Field("local[2]", alias="PROPENSITY_SPARK_MASTER")
+
     # Where the embedded local stack keeps its pids, logs and Spark checkpoints.
     home: Path = Field(Path(".propensity"), alias="PROPENSITY_HOME")
 

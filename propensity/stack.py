@@ -109,6 +109,8 @@ class LocalStack:
             AWS_SECRET_ACCESS_KEY="testing",
             PROPENSITY_REDIS=f"{HOST}:{services['redis'].port}",
             PROPENSITY_HOME=self.home,
+            PROPENSITY_FEAST_REGISTRY=str(self.home / "feast" / "registry.db"),
+            PROPENSITY_CHECKPOINT_DIR=str(self.home / "checkpoints"),
         )
 
     # -- services -------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""The Feast feature repository: the one source of truth for entities and feature views.
+
+`definitions.py` declares them (the feast CLI reads it; the code calls `definitions.build`).
+`store(settings)` opens the FeatureStore that feature_store.yaml describes, with its ${...}
+values taken from the settings rather than from the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from propensity.settings import Settings
+
+REPO = Path(__file__).resolve().parent
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    values = {**os.environ, **settings.to_env()}
+    text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)],
+                  (REPO / "feature_store.yaml").read_text())
+    config = RepoConfig(**yaml.safe_load(text))
+    config.repo_path = REPO
+    return config
+
+
+def store(settings: Settings) -> FeatureStore:
+    if "://" not in settings.feast_registry:
+        Path(settings.feast_registry).parent.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(repo_path=str(REPO), config=repo_config(settings))
+
+
+def apply(settings: Settings) -> FeatureStore:
+    """Register every definition (idempotent) and return the store."""
+    from feature_repo import definitions
+
+    feature_store = store(settings)
+    feature_store.apply(definitions.build(settings))
+    return feature_store

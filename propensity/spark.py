@@ -1,0 +1,37 @@
+"""The SparkSession every job uses: local mode here, the cluster's settings on EMR.
+
+Locally Spark runs in `local[2]` with few shuffle partitions; Python workers must run the same
+interpreter as the driver, or they fail to connect back. State lives in RocksDB.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+
+
+def spark_session(app: str, master: str, shuffle_partitions: int = 2) -> SparkSession:
+    """`master` "" keeps what spark-submit configured (EMR); "local[2]" runs embedded."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app)
+    if master:
+        builder = builder.master(master).config("spark.driver.memory", "2g")
+    spark = (
+        builder
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        .config("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        # Nullable longs (category ids) reach pandas as Int64, not float64 that rounds them.
+        .config("spark.sql.execution.pythonUDF.pandas.preferIntExtensionDtype", "true")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

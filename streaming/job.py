@@ -1,0 +1,108 @@
+"""The streaming job: Kinesis -> contract -> per-session state -> lake, archive, Redis.
+
+`run(settings, ...)` builds the Structured Streaming query and runs it, continuously with a
+processing-time trigger, or until everything available has been processed (`until_idle`,
+Spark's available-now trigger) for backfills, tests and the demo. The same entry point runs
+locally and as a continuous EMR step (spark-submit, settings from the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pyspark.sql import SparkSession
+from pyspark.sql.pandas.types import from_arrow_schema
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+import feature_repo
+from propensity.settings import Settings
+from propensity.spark import spark_session
+from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
+from streaming.parse import PARSED_SCHEMA, parse_batches
+from streaming.sessionize import BUCKETS, OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
+from streaming.sinks import MicroBatchSink
+
+log = logging.getLogger("propensity.stream")
+QUERY_NAME = "propensity-sessionize"
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    trigger_s: float = 2.0
+    until_idle: bool = False
+    starting_position: str = "TRIM_HORIZON"
+    max_records_per_batch: int = 0
+
+
+def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
+                sink: MicroBatchSink) -> StreamingQuery:
+    spark.dataSource.register(KinesisDataSource)
+    source = SourceOptions.from_settings(settings, starting_position=options.starting_position,
+                                         max_records_per_batch=options.max_records_per_batch)
+    raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
+    parsed = raw.mapInArrow(partial(parse_batches, buckets=BUCKETS),
+                            from_arrow_schema(PARSED_SCHEMA))
+    sessionized = (
+        parsed.withWatermark("event_time", f"{settings.watermark_delay_s} seconds")
+        .groupBy("bucket")
+        .transformWithState(
+            SessionProcessor(SessionizeConfig(settings.session_timeout_s)),
+            from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
+    )
+    writer = (sessionized.writeStream.queryName(QUERY_NAME).foreachBatch(sink)
+              .option("checkpointLocation", settings.checkpoint_dir))
+    if options.until_idle:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{options.trigger_s} seconds")
+    return writer.start()
+
+
+class ProgressLog(StreamingQueryListener):
+    """One log line per micro-batch: Spark's progress joined with what the sink wrote."""
+
+    def __init__(self, sink: MicroBatchSink) -> None:
+        self.sink = sink
+
+    def onQueryStarted(self, event: Any) -> None:
+        log.info("query %s started (run %s)", event.name, event.runId)
+
+    def onQueryProgress(self, event: Any) -> None:
+        progress = event.progress
+        report = self.sink.reports.pop(progress.batchId, None)
+        state_rows = sum(op.numRowsTotal for op in progress.stateOperators)
+        freshness = report.freshness_s if report and report.freshness_s else [0.0]
+        log.info(
+            "batch %d: input %d rows, %d events counted in %d sessions, %d state rows, "
+            "quarantined %s, batch %.2f s (sink %.2f s), freshness p50 %.2f s max %.2f s",
+            progress.batchId, progress.numInputRows, report.events if report else 0,
+            report.sessions if report else 0, state_rows,
+            report.quarantined if report else {}, progress.batchDuration / 1000,
+            report.write_s if report else 0.0, statistics.median(freshness), max(freshness))
+
+    def onQueryIdle(self, event: Any) -> None:
+        pass
+
+    def onQueryTerminated(self, event: Any) -> None:
+        if event.exception:
+            log.error("query terminated: %s", event.exception)
+
+
+def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
+    """Run the job until it stops (until idle, or forever)."""
+    feature_repo.apply(settings)
+    spark = spark or spark_session("propensity-stream", settings.spark_master)
+    sink = MicroBatchSink(settings)
+    listener = ProgressLog(sink)
+    spark.streams.addListener(listener)
+    query = build_query(spark, settings, options, sink)
+    try:
+        query.awaitTermination()
+    finally:
+        if query.isActive:
+            query.stop()
+        spark.streams.removeListener(listener)

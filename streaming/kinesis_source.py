@@ -1,0 +1,347 @@
+"""Kinesis as a Structured Streaming source, through PySpark's Python Data Source API.
+
+Offsets are, per shard, the position after the last record of a micro-batch (its sequence
+number), so every batch covers an exact range of every shard that Spark checkpoints before it
+runs, and a restarted query re-reads exactly the uncommitted ranges: exactly-once input, given
+sinks that overwrite per batch id.
+
+Planning a batch needs its end sequence numbers, which Kinesis only reveals by reading. The
+driver reads each shard up to the tail (or the read limit) in `latestOffset` and hands the
+records it read to the tasks inside their partitions, so nothing is read twice; a partition
+planned without them (after a restart) reads its range from Kinesis itself.
+
+Each row is one event: a record carrying several newline-delimited events becomes several rows
+that share the record's shard, sequence number and arrival time.
+
+Resharding is handled: a closed parent shard is read to its end and marked done, and its
+children start at TRIM_HORIZON only once their parents are done, so each partition key's
+records stay in order. Starting at LATEST pins the start to the query's first planning time
+(AT_TIMESTAMP), so a restart before the first checkpoint starts at the same place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+
+from propensity import aws, events
+from propensity.kinesis import THROTTLING_CODES, list_shards
+from propensity.settings import Settings
+
+FORMAT = "kinesis"
+RAW_SCHEMA = pa.schema([
+    ("shard_id", pa.string()),
+    ("sequence_number", pa.string()),
+    ("sub_sequence", pa.int32()),
+    ("arrival_time", pa.timestamp("us", tz="UTC")),
+    ("payload", pa.binary()),
+])
+RAW_SCHEMA_DDL = ("shard_id string, sequence_number string, sub_sequence int, "
+                  "arrival_time timestamp, payload binary")
+_GET_RECORDS_LIMIT = 10_000
+_EXPIRED = "ExpiredIteratorException"
+
+# {"after": sequence} | {"start": "TRIM_HORIZON"} | {"start": "AT_TIMESTAMP", "ts": epoch s},
+# plus "done": True once a closed shard has been read to its end.
+Position = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    stream: str
+    region: str
+    endpoint_url: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    starting_position: str = "TRIM_HORIZON"  # or LATEST
+    max_records_per_batch: int = 0  # 0: all that is available
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> SourceOptions:
+        env = settings.to_env()
+        return cls(
+            stream=settings.kinesis_stream, region=settings.aws_region,
+            endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
+            access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""), **overrides)
+
+    def as_options(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_options(cls, options: Any) -> SourceOptions:
+        names = {f: options[f] for f in cls.__dataclass_fields__ if f in options}
+        if "max_records_per_batch" in names:
+            names["max_records_per_batch"] = int(names["max_records_per_batch"])
+        return cls(**names)
+
+    def settings(self) -> Settings:
+        values = {"AWS_DEFAULT_REGION": self.region, "PROPENSITY_KINESIS_STREAM": self.stream}
+        if self.endpoint_url:
+            values["AWS_ENDPOINT_URL"] = self.endpoint_url
+        if self.access_key_id:
+            values["AWS_ACCESS_KEY_ID"] = self.access_key_id
+            values["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
+        return Settings(**values)
+
+
+class KinesisDataSource(DataSource):
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT
+
+    def schema(self) -> str:
+        return RAW_SCHEMA_DDL
+
+    def streamReader(self, schema: Any) -> KinesisStreamReader:
+        return KinesisStreamReader(SourceOptions.from_options(self.options))
+
+
+@dataclass
+class ShardRange(InputPartition):
+    shard_id: str
+    start: Position
+    end_sequence: str
+    records: list[tuple[str, float, bytes]] | None  # (sequence, arrival epoch s, data)
+
+
+class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    def __init__(self, options: SourceOptions) -> None:
+        self.options = options
+        self._client: Any = None
+        self._cache: dict[tuple[str, str], tuple[str, list]] = {}
+        self._iterators: dict[str, tuple[str, str]] = {}  # shard -> (position key, iterator)
+        self._cutoff: float | None = None
+
+    def __getstate__(self) -> dict:  # tasks get the options only, never clients or caches
+        return {"options": self.options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["options"])
+
+    @property
+    def kinesis(self) -> Any:
+        if self._client is None:
+            self._client = aws.client("kinesis", self.options.settings())
+        return self._client
+
+    # -- planning (driver) ----------------------------------------------------------------
+
+    def initialOffset(self) -> dict:
+        if self.options.starting_position == "LATEST":
+            start: Position = {"start": "AT_TIMESTAMP", "ts": time.time()}
+        elif self.options.starting_position == "TRIM_HORIZON":
+            start = {"start": "TRIM_HORIZON"}
+        else:
+            raise ValueError(f"starting_position must be TRIM_HORIZON or LATEST, not "
+                             f"{self.options.starting_position!r}")
+        return {"shards": {}, "new_shards": start}
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        if self.options.max_records_per_batch > 0:
+            return ReadMaxRows(self.options.max_records_per_batch)
+        return ReadAllAvailable()
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._cutoff = time.time()
+
+    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        shards = self._readable_shards(start)
+        budget = (limit.max_rows // max(1, len(shards))
+                  if isinstance(limit, ReadMaxRows) else None)
+        end: dict[str, Position] = {}
+        for shard_id, (position, closed_at) in shards.items():
+            end[shard_id] = self._advance(shard_id, position, closed_at, budget)
+        for shard_id, position in start["shards"].items():
+            end.setdefault(shard_id, position)  # done shards stay in the offset
+        return {"shards": end, "new_shards": start["new_shards"]}
+
+    def _readable_shards(self, start: dict) -> dict[str, tuple[Position, str | None]]:
+        """Shards to read now: those in progress, and new ones whose parents are done."""
+        known: dict[str, Position] = start["shards"]
+        listed = list_shards(self.kinesis, self.options.stream)
+        listed_ids = {s["ShardId"] for s in listed}
+        readable: dict[str, tuple[Position, str | None]] = {}
+        for shard in listed:
+            shard_id = shard["ShardId"]
+            closed_at = shard["SequenceNumberRange"].get("EndingSequenceNumber")
+            position = known.get(shard_id)
+            if position is None:
+                parents = [shard.get("ParentShardId"), shard.get("AdjacentParentShardId")]
+                if any(p in listed_ids and not known.get(p, {}).get("done")
+                       for p in parents if p):
+                    continue  # children wait until their parents are read to the end
+                position = dict(start["new_shards"])
+            if not position.get("done"):
+                readable[shard_id] = (position, closed_at)
+        return readable
+
+    def _advance(self, shard_id: str, position: Position, closed_at: str | None,
+                 budget: int | None) -> Position:
+        """Read a shard from `position` to its tail (or the budget); cache what was read."""
+        key = _position_key(position)
+        iterator_key, iterator = self._iterators.pop(shard_id, (None, None))
+        if iterator_key != key:
+            iterator = None
+        records: list[tuple[str, float, bytes]] = []
+        last: str | None = position.get("after")
+        caught_up = False
+        while budget is None or len(records) < budget:
+            if iterator is None:
+                iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id,
+                                           {"after": last} if last else position)
+            limit = _GET_RECORDS_LIMIT if budget is None else min(_GET_RECORDS_LIMIT,
+                                                                  budget - len(records))
+            response = _get_records(self.kinesis, iterator, limit)
+            if response is None:  # the iterator expired: renew it from the last position
+                iterator = None
+                continue
+            iterator = response.get("NextShardIterator")
+            fetched = response["Records"]
+            kept = fetched if self._cutoff is None else [
+                r for r in fetched if r["ApproximateArrivalTimestamp"].timestamp() <= self._cutoff]
+            records.extend((r["SequenceNumber"], r["ApproximateArrivalTimestamp"].timestamp(),
+                            r["Data"]) for r in kept)
+            if kept:
+                last = kept[-1]["SequenceNumber"]
+            if len(kept) < len(fetched):  # past the available-now cutoff: stop before them
+                iterator = None
+                break
+            caught_up = iterator is None or response.get("MillisBehindLatest", 0) == 0
+            if caught_up:
+                break
+        end: Position = {"after": last} if last else {
+            k: v for k, v in position.items() if k != "done"}
+        if iterator is not None:
+            self._iterators[shard_id] = (_position_key(end), iterator)
+        if closed_at is not None and caught_up:  # a closed shard gets no new records
+            end["done"] = True
+        if records:
+            self._cache[(shard_id, key)] = (records[-1][0], records)
+        return end
+
+    def partitions(self, start: dict, end: dict) -> list[ShardRange]:
+        ranges = []
+        for shard_id, end_position in end["shards"].items():
+            start_position = start["shards"].get(shard_id) or dict(start["new_shards"])
+            end_sequence = end_position.get("after")
+            if end_sequence is None or end_sequence == start_position.get("after"):
+                continue
+            key = (shard_id, _position_key(start_position))
+            cached = self._cache.pop(key, None)
+            records = cached[1] if cached and cached[0] == end_sequence else None
+            ranges.append(ShardRange(shard_id, start_position, end_sequence, records))
+        return ranges
+
+    def commit(self, end: dict) -> None:
+        self._cache.clear()
+
+    # -- reading (tasks) ------------------------------------------------------------------
+
+    def read(self, partition: ShardRange) -> Iterator[pa.RecordBatch]:
+        records = partition.records
+        if records is None:
+            records = list(self._read_range(partition))
+        yield _to_batch(partition.shard_id, records)
+
+    def _read_range(self, partition: ShardRange) -> Iterator[tuple[str, float, bytes]]:
+        end = int(partition.end_sequence)
+        position = partition.start
+        iterator = None
+        while True:
+            if iterator is None:
+                iterator = _shard_iterator(self.kinesis, self.options.stream,
+                                           partition.shard_id, position)
+            response = _get_records(self.kinesis, iterator, _GET_RECORDS_LIMIT)
+            if response is None:
+                iterator = None
+                continue
+            for record in response["Records"]:
+                sequence = record["SequenceNumber"]
+                if int(sequence) > end:
+                    return
+                yield sequence, record["ApproximateArrivalTimestamp"].timestamp(), record["Data"]
+                position = {"after": sequence}
+                if int(sequence) == end:
+                    return
+            iterator = response.get("NextShardIterator")
+            if iterator is None or (not response["Records"]
+                                    and response.get("MillisBehindLatest", 0) == 0):
+                raise RuntimeError(
+                    f"{partition.shard_id}: records up to {partition.end_sequence} are no longer"
+                    f" readable (retention expired?); reached {position}")
+
+
+def _position_key(position: Position) -> str:
+    return repr(sorted((k, v) for k, v in position.items() if k != "done"))
+
+
+def _shard_iterator(kinesis: Any, stream: str, shard_id: str, position: Position) -> str:
+    if "after" in position:
+        kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
+                  "StartingSequenceNumber": position["after"]}
+    elif position["start"] == "AT_TIMESTAMP":
+        kwargs = {"ShardIteratorType": "AT_TIMESTAMP",
+                  "Timestamp": datetime.fromtimestamp(position["ts"], UTC)}
+    else:
+        kwargs = {"ShardIteratorType": position["start"]}
+    return _with_retries(lambda: kinesis.get_shard_iterator(
+        StreamName=stream, ShardId=shard_id, **kwargs))["ShardIterator"]
+
+
+def _get_records(kinesis: Any, iterator: str, limit: int) -> dict | None:
+    """One GetRecords call with retries; None when the iterator has expired."""
+    try:
+        return _with_retries(lambda: kinesis.get_records(ShardIterator=iterator, Limit=limit))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == _EXPIRED:
+            return None
+        raise
+
+
+def _with_retries(call: Any, attempts: int = 20) -> Any:
+    """Retry throttling and connection failures with backoff; other errors propagate."""
+    delays = aws.backoff_delays(base=0.1, cap=5.0)
+    for _ in range(attempts - 1):
+        try:
+            return call()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in THROTTLING_CODES:
+                raise
+        except (ConnectionError, HTTPClientError):
+            pass
+        time.sleep(next(delays))
+    return call()
+
+
+def _to_batch(shard_id: str, records: list[tuple[str, float, bytes]]) -> pa.RecordBatch:
+    sequences: list[str] = []
+    subs: list[int] = []
+    arrivals: list[int] = []
+    payloads: list[bytes] = []
+    for sequence, arrival_s, data in records:
+        for sub, line in enumerate(events.split_record(data)):
+            sequences.append(sequence)
+            subs.append(sub)
+            arrivals.append(int(arrival_s * 1e6))
+            payloads.append(line)
+    return pa.RecordBatch.from_arrays([
+        pa.array([shard_id] * len(sequences), pa.string()),
+        pa.array(sequences, pa.string()),
+        pa.array(subs, pa.int32()),
+        pa.array(arrivals, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        pa.array(payloads, pa.binary()),
+    ], schema=RAW_SCHEMA)

@@ -1,0 +1,138 @@
+"""The stateful step: per-session feature state in Spark's state store (RocksDB).
+
+It runs PySpark's arbitrary stateful operator `transformWithState`, grouped by a stable hash
+bucket of the session id, with a `MapState` keyed by session id inside each bucket. Why buckets:
+with real clickstream nearly every event of a micro-batch belongs to a different session (REES46
+gaps within a session: median 33 s), and the operator's fixed cost per group (implicit-key and
+state calls to the JVM) dominated when grouping by session. Measured on this machine, per
+session per batch: 0.38 ms with applyInPandasWithState and 0.26 ms with transformWithState
+grouped by session, 0.10 ms with transformWithState grouped by bucket (README, streaming notes).
+
+For each bucket and micro-batch, events are put in event-time order per session (ties by Kinesis
+sequence), folded with propensity.features' `SessionAccumulator` (the same fold that training
+uses), and one row per counted event comes out: its packed record and its feature snapshot.
+Events older than the watermark come out as `late` rows; invalid events (bucket -1) as `invalid`
+rows, both bound for the quarantine.
+
+Expiry: a session whose last event is more than the session timeout behind the watermark is
+removed from state, scanning each bucket's map once per `scan_interval_s` of watermark progress.
+No event that is not late can still belong to such a session, because the fold starts a fresh
+session after a gap longer than the timeout anyway: expiry frees memory, it never changes a
+feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from pyspark.sql import Row
+from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
+from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
+
+from propensity import features as F
+from streaming.parse import EVENT_RECORD, INVALID_BUCKET
+
+# Fixed for the life of a checkpoint: a different count would look sessions up in other buckets.
+BUCKETS = 64
+SNAPSHOT, INVALID, LATE = "snapshot", "invalid", "late"
+
+_ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),
+                "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
+FEATURE_FIELDS = [pa.field(f.name, _ARROW_TYPES[f.dtype])
+                  for f in (*F.SESSION_FEATURES, *F.SESSION_PRODUCT_FEATURES)]
+OUTPUT_SCHEMA = pa.schema([
+    ("kind", pa.string()),
+    ("user_session", pa.string()),
+    (F.EVENT_TIMESTAMP, pa.timestamp("us", tz="UTC")),
+    ("record", pa.binary()),
+    *FEATURE_FIELDS,
+])
+_OutputRow = Row(*OUTPUT_SCHEMA.names)
+_NO_FEATURES = (None,) * len(FEATURE_FIELDS)
+
+# Positions in a packed event record of the fold's inputs and of the ordering tie-breakers.
+_FOLD_FIELDS = [EVENT_RECORD.index(name) for name in F.EVENT_FIELDS]
+_SEQUENCE = EVENT_RECORD.index("sequence_number")
+_SUB_SEQUENCE = EVENT_RECORD.index("sub_sequence")
+
+_SESSION_KEY = StructType([StructField("session_id", StringType())])
+_SESSION_VALUE = StructType([StructField("last_event_us", LongType()),
+                             StructField("state", BinaryType())])
+_LAST_SCAN = StructType([StructField("watermark_ms", LongType())])
+
+
+@dataclass(frozen=True)
+class SessionizeConfig:
+    session_timeout_s: int
+    scan_interval_s: int = 300
+
+    @property
+    def timeout_us(self) -> int:
+        return self.session_timeout_s * 1_000_000
+
+
+class SessionProcessor(StatefulProcessor):
+    def __init__(self, config: SessionizeConfig) -> None:
+        self.config = config
+
+    def init(self, handle: StatefulProcessorHandle) -> None:
+        self.sessions = handle.getMapState("sessions", _SESSION_KEY, _SESSION_VALUE)
+        self.last_scan = handle.getValueState("last_scan", _LAST_SCAN)
+
+    def handleInputRows(self, key: tuple, rows: Iterator[Any],
+                        timerValues: Any) -> Iterator[Row]:
+        if key[0] == INVALID_BUCKET:
+            for row in rows:
+                yield _OutputRow(INVALID, None, None, row.record, *_NO_FEATURES)
+            return
+        watermark_ms = timerValues.getCurrentWatermarkInMs()
+        by_session: dict[str, list[tuple[tuple, bytes]]] = {}
+        for row in rows:
+            by_session.setdefault(row.user_session, []).append(
+                (orjson.loads(row.record), row.record))
+        for session_id, items in by_session.items():
+            yield from self._fold(session_id, items, watermark_ms * 1000)
+        self._expire(watermark_ms)
+
+    def _fold(self, session_id: str, items: list[tuple[list, bytes]],
+              watermark_us: int) -> Iterator[Row]:
+        on_time = []
+        for values, record in items:
+            if values[0] < watermark_us:
+                yield _OutputRow(LATE, session_id, None, record, *_NO_FEATURES)
+            else:
+                on_time.append((values, record))
+        if not on_time:
+            return
+        on_time.sort(key=lambda item: (item[0][0], len(item[0][_SEQUENCE]),
+                                       item[0][_SEQUENCE], item[0][_SUB_SEQUENCE]))
+        stored = self.sessions.getValue((session_id,))
+        acc = F.SessionAccumulator.from_bytes(stored[1]) if stored else None
+        fold_inputs = [tuple(values[i] for i in _FOLD_FIELDS) for values, _ in on_time]
+        for folded, position, snapshot_us in F.fold_session(acc, fold_inputs,
+                                                            self.config.timeout_us):
+            acc = folded
+            yield _OutputRow(SNAPSHOT, session_id, snapshot_us, on_time[position][1],
+                             *folded.session_values(),
+                             *folded.product_values(fold_inputs[position][2]))
+        if acc is not None:
+            self.sessions.updateValue((session_id,), (acc.last_us, acc.to_bytes()))
+
+    def _expire(self, watermark_ms: int) -> None:
+        if watermark_ms <= 0:
+            return
+        last = self.last_scan.get()
+        if last is not None and watermark_ms - last[0] < self.config.scan_interval_s * 1000:
+            return
+        horizon_us = watermark_ms * 1000 - self.config.timeout_us
+        expired = [key for key, value in self.sessions.iterator() if value[0] < horizon_us]
+        for key in expired:
+            self.sessions.removeKey(key)
+        self.last_scan.update((watermark_ms,))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,180 @@
+"""Where one micro-batch goes. Every write is idempotent per batch id, so a batch that Spark
+replays after a crash changes nothing:
+
+- the event lake: valid, de-duplicated events as Parquet, `<events>/date=D/batch-N.parquet`;
+- the feature archive (Feast's offline source): one snapshot per event and view,
+  `<features>/<view>/date=D/batch-N.parquet`;
+- the quarantine: invalid and late events with payload and reason, partitioned by arrival date;
+- Redis in Feast's online format, through Feast's own conversion and Redis writer: only the
+  latest snapshot per entity, which Feast skips when Redis already holds that instant or later.
+
+Object names depend only on the batch id and the date, so a replayed batch overwrites itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from feast import ValueType
+from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.utils import _convert_arrow_to_proto
+
+import feature_repo
+from feature_repo import definitions
+from propensity import aws, events
+from propensity import features as F
+from propensity.settings import Settings
+from streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
+from streaming.sessionize import INVALID, LATE, SNAPSHOT
+
+log = logging.getLogger("propensity.stream")
+
+SESSION_COLUMNS = (F.SESSION_ID, F.USER_ID, "event_id", "event_time", F.EVENT_TIMESTAMP,
+                   *F.SESSION_FEATURE_NAMES)
+SESSION_PRODUCT_COLUMNS = (F.SESSION_ID, F.PRODUCT_ID, "event_id", F.EVENT_TIMESTAMP,
+                           *F.SESSION_PRODUCT_FEATURE_NAMES)
+LAKE_SCHEMA = events.EVENT_SCHEMA.append(pa.field("arrival_time", pa.timestamp("us", tz="UTC")))
+QUARANTINE_SCHEMA = pa.schema([
+    (events.PAYLOAD, pa.string()), (events.REASON, pa.string()), (events.DETAIL, pa.string()),
+    ("shard_id", pa.string()), ("sequence_number", pa.string()), ("sub_sequence", pa.int32()),
+    ("arrival_time", pa.timestamp("us", tz="UTC")),
+])
+_JOIN_KEYS = {
+    F.SESSION_VIEW: {F.SESSION_ID: ValueType.STRING},
+    F.SESSION_PRODUCT_VIEW: {F.SESSION_ID: ValueType.STRING, F.PRODUCT_ID: ValueType.INT64},
+}
+
+
+@dataclass
+class BatchReport:
+    batch_id: int
+    events: int = 0
+    sessions: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    online_rows: int = 0
+    write_s: float = 0.0
+    freshness_s: list[float] = field(default_factory=list)  # arrival -> readable in Redis
+
+
+class MicroBatchSink:
+    """`foreachBatch` target. Created on the driver; holds no Spark objects."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.reports: dict[int, BatchReport] = {}
+        self._fs: Any = None
+        self._repo_config: Any = None
+        self._views = {name: definitions.feature_view(settings, name)
+                       for name in (F.SESSION_VIEW, F.SESSION_PRODUCT_VIEW)}
+        self._online = RedisOnlineStore()
+
+    def __call__(self, df: Any, batch_id: int) -> None:
+        self.write(df.toArrow(), batch_id)
+
+    def write(self, table: pa.Table, batch_id: int) -> BatchReport:
+        started = time.monotonic()
+        report = BatchReport(batch_id)
+        kinds = table.column("kind")
+        snapshots = snapshot_table(table.filter(pc.equal(kinds, SNAPSHOT)))
+        quarantine = quarantine_table(table.filter(pc.equal(kinds, INVALID)),
+                                      table.filter(pc.equal(kinds, LATE)))
+        if snapshots.num_rows:
+            self._write_parquet(self.settings.events_uri, snapshots.select(LAKE_SCHEMA.names),
+                                "event_time", batch_id)
+            for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
+                                  (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+                self._write_parquet(definitions.archive_path(self.settings, view),
+                                    snapshots.select(list(columns)), F.EVENT_TIMESTAMP, batch_id)
+            report.online_rows = self._write_online(snapshots)
+            arrivals = pc.cast(snapshots.column("arrival_time"), pa.int64()).to_numpy() / 1e6
+            report.freshness_s = (time.time() - arrivals).tolist()
+            report.events = snapshots.num_rows
+            report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
+        if quarantine.num_rows:
+            self._write_parquet(self.settings.quarantine_uri, quarantine, "arrival_time",
+                                batch_id)
+            reasons = pc.value_counts(quarantine.column(events.REASON)).to_pylist()
+            report.quarantined = {r["values"]: r["counts"] for r in reasons}
+        report.write_s = time.monotonic() - started
+        self.reports[batch_id] = report
+        return report
+
+    # -- Parquet ------------------------------------------------------------------------------
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs = aws.s3_filesystem(self.settings)
+        return self._fs
+
+    def _write_parquet(self, uri: str, table: pa.Table, date_column: str,
+                       batch_id: int) -> None:
+        dates = pc.strftime(table.column(date_column), format="%Y-%m-%d")
+        for date in pc.unique(dates).to_pylist():
+            part = table.filter(pc.equal(dates, date))
+            path = f"{aws.s3_key(uri)}/date={date}/batch-{batch_id:012d}.parquet"
+            pq.write_table(part, path, filesystem=self.fs)
+
+    # -- Redis (Feast online store) -------------------------------------------------------
+
+    @property
+    def repo_config(self) -> Any:
+        if self._repo_config is None:
+            self._repo_config = feature_repo.repo_config(self.settings)
+        return self._repo_config
+
+    def _write_online(self, snapshots: pa.Table) -> int:
+        written = 0
+        for view_name, join_keys in _JOIN_KEYS.items():
+            view = self._views[view_name]
+            latest = latest_per_entity(snapshots, list(join_keys))
+            columns = [*join_keys, *(f.name for f in view.features), F.EVENT_TIMESTAMP]
+            rows = _convert_arrow_to_proto(latest.select(columns), view, join_keys)
+            self._online.online_write_batch(self.repo_config, view, rows, None)
+            written += len(rows)
+        return written
+
+
+def snapshot_table(rows: pa.Table) -> pa.Table:
+    """Snapshot rows of the stateful step with their packed event unpacked: every lake,
+    archive and online column."""
+    values = unpack(rows.column("record").to_pylist(), EVENT_RECORD)
+    values["user_session"] = rows.column("user_session")
+    columns = {f.name: pa.array(values[f.name], f.type) for f in LAKE_SCHEMA}
+    columns[F.SESSION_ID] = columns["user_session"]
+    for name in (F.EVENT_TIMESTAMP, *F.SESSION_FEATURE_NAMES, *F.SESSION_PRODUCT_FEATURE_NAMES):
+        columns[name] = rows.column(name)
+    return pa.table(columns)
+
+
+def quarantine_table(invalid: pa.Table, late: pa.Table) -> pa.Table:
+    """Invalid events (packed with payload and reason) and late ones (packed events, whose
+    payload is rebuilt with the contract) as one quarantine table."""
+    parts = [unpack(invalid.column("record").to_pylist(), QUARANTINE_RECORD)]
+    if late.num_rows:
+        late_values = unpack(late.column("record").to_pylist(), EVENT_RECORD)
+        late_values["user_session"] = late.column("user_session").to_pylist()
+        frame = pd.DataFrame({name: late_values[name] for name in events.FIELD_NAMES})
+        frame["event_time"] = pd.to_datetime(frame["event_time"], unit="us", utc=True)
+        late_values[events.PAYLOAD] = [p.decode() for p in events.to_json(frame)]
+        late_values[events.REASON] = [LATE] * late.num_rows
+        late_values[events.DETAIL] = ["event time older than the watermark"] * late.num_rows
+        parts.append(late_values)
+    return pa.table({f.name: pa.array([v for part in parts for v in part[f.name]], f.type)
+                     for f in QUARANTINE_SCHEMA})
+
+
+def latest_per_entity(table: pa.Table, keys: list[str]) -> pa.Table:
+    """The row with the latest snapshot time for each entity key."""
+    frame = table.select([*keys, F.EVENT_TIMESTAMP]).to_pandas()
+    frame["_row"] = np.arange(len(frame))
+    latest = frame.sort_values(F.EVENT_TIMESTAMP, kind="stable").drop_duplicates(keys, keep="last")
+    return table.take(pa.array(np.sort(latest["_row"].to_numpy())))
