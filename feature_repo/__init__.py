@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 from feast import FeatureStore
@@ -42,3 +43,10 @@ def apply(settings: Settings) -> FeatureStore:
     feature_store = store(settings)
     feature_store.apply(definitions.build(settings))
     return feature_store
+
+
+def redis_client(settings: Settings) -> Any:
+    """The redis-py client Feast itself builds from the online store's connection string."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    return RedisOnlineStore()._get_client(repo_config(settings).online_store)

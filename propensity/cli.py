@@ -79,6 +79,18 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(handler=_replay)
 
+    stream = commands.add_parser(
+        "stream", help="the streaming job: Kinesis -> session features in Redis and S3")
+    stream.add_argument("--until-idle", action="store_true",
+                        help="process everything available, then exit")
+    stream.add_argument("--trigger", type=float, default=2.0, metavar="SECONDS",
+                        help="micro-batch interval when running continuously (default 2)")
+    stream.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"],
+                        default="TRIM_HORIZON", help="where a new checkpoint starts reading")
+    stream.add_argument("--max-records-per-batch", type=int, default=0, metavar="N",
+                        help="cap Kinesis records per micro-batch (default: all available)")
+    stream.set_defaults(handler=_stream)
+
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
     demo.add_argument("--keep-running", action="store_true",
@@ -175,6 +187,25 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"replayed {args.file} into {settings.kinesis_stream}")
         print(summary.format())
     return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from streaming.job import StreamOptions, run
+
+    _log_to_stderr()
+    run(Settings(), StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
+                                  starting_position=args.starting_position,
+                                  max_records_per_batch=args.max_records_per_batch))
+    return 0
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "botocore", "urllib3", "feast"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -34,4 +34,13 @@ def spark_session(app: str, master: str, shuffle_partitions: int = 2) -> SparkSe
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
+    # The state server warns on every lookup of a session not yet in state: new sessions.
+    _set_log_level(spark, "org.apache.spark.sql.execution.python.streaming."
+                          "TransformWithStateInPySparkStateServer", "ERROR")
     return spark
+
+
+def _set_log_level(spark: SparkSession, logger: str, level: str) -> None:
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        logger, jvm.org.apache.logging.log4j.Level.valueOf(level))

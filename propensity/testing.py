@@ -5,6 +5,8 @@
 - `FlakyKinesis`: a Kinesis client that throttles and partially fails PutRecords calls on
   purpose, forwarding what it accepts to the real (moto) Kinesis behind it.
 - `write_csv(path, rows)`: a REES46 CSV file (plain or .gz) from rows of field values.
+- `isolated(settings, folder)`: settings for one test's pipeline: its own stream, S3 prefixes,
+  checkpoint and Feast registry, on the shared stack, with Redis emptied.
 """
 
 from __future__ import annotations
@@ -80,6 +82,22 @@ class FlakyKinesis:
         failed = len(Records) - len(accepted)
         self.rejected_records += failed
         return {"FailedRecordCount": failed + response["FailedRecordCount"], "Records": results}
+
+
+def isolated(settings: Settings, folder: Path, shards: int = 2) -> Settings:
+    import feature_repo
+
+    name = f"t{uuid.uuid4().hex[:10]}"
+    fresh = with_fresh_stream(settings, shards).model_copy(update={
+        "events_uri": f"s3://propensity-lake/{name}/events",
+        "quarantine_uri": f"s3://propensity-lake/{name}/quarantine",
+        "features_uri": f"s3://propensity-features/{name}/features",
+        "models_uri": f"s3://propensity-models/{name}/models",
+        "checkpoint_dir": str(folder / "checkpoints"),
+        "feast_registry": str(folder / "feast" / "registry.db"),
+    })
+    feature_repo.redis_client(fresh).flushall()
+    return fresh
 
 
 def write_csv(path: Path, rows: Sequence[Sequence[object]],

@@ -46,13 +46,12 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
     raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
     parsed = raw.mapInArrow(partial(parse_batches, buckets=BUCKETS),
                             from_arrow_schema(PARSED_SCHEMA))
-    sessionized = (
-        parsed.withWatermark("event_time", f"{settings.watermark_delay_s} seconds")
-        .groupBy("bucket")
-        .transformWithState(
-            SessionProcessor(SessionizeConfig(settings.session_timeout_s)),
-            from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
-    )
+    # TimeMode None: no timers, no no-data batches; lateness and expiry follow each bucket's
+    # own event-time frontier (see streaming.sessionize).
+    processor = SessionProcessor(SessionizeConfig(settings.session_timeout_s,
+                                                  settings.watermark_delay_s))
+    sessionized = parsed.groupBy("bucket").transformWithState(
+        processor, from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
     writer = (sessionized.writeStream.queryName(QUERY_NAME).foreachBatch(sink)
               .option("checkpointLocation", settings.checkpoint_dir))
     if options.until_idle:
@@ -92,14 +91,23 @@ class ProgressLog(StreamingQueryListener):
             log.error("query terminated: %s", event.exception)
 
 
-def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
-    """Run the job until it stops (until idle, or forever)."""
+def start(settings: Settings, options: StreamOptions, spark: SparkSession
+          ) -> tuple[StreamingQuery, ProgressLog]:
+    """Register the feature repo and start the query; returns at once with the query and its
+    progress listener (remove it with spark.streams.removeListener when done)."""
     feature_repo.apply(settings)
-    spark = spark or spark_session("propensity-stream", settings.spark_master)
     sink = MicroBatchSink(settings)
     listener = ProgressLog(sink)
     spark.streams.addListener(listener)
     query = build_query(spark, settings, options, sink)
+    listener.query_id = str(query.id)
+    return query, listener
+
+
+def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
+    """Run the job until it stops (until idle, or forever)."""
+    spark = spark or spark_session("propensity-stream", settings.spark_master)
+    query, listener = start(settings, options, spark)
     try:
         query.awaitTermination()
     finally:

@@ -11,14 +11,21 @@ grouped by session, 0.10 ms with transformWithState grouped by bucket (README, s
 For each bucket and micro-batch, events are put in event-time order per session (ties by Kinesis
 sequence), folded with propensity.features' `SessionAccumulator` (the same fold that training
 uses), and one row per counted event comes out: its packed record and its feature snapshot.
-Events older than the watermark come out as `late` rows; invalid events (bucket -1) as `invalid`
-rows, both bound for the quarantine.
+Invalid events (bucket -1) come out as `invalid` rows, bound for the quarantine.
 
-Expiry: a session whose last event is more than the session timeout behind the watermark is
-removed from state, scanning each bucket's map once per `scan_interval_s` of watermark progress.
-No event that is not late can still belong to such a session, because the fold starts a fresh
-session after a gap longer than the timeout anyway: expiry frees memory, it never changes a
-feature.
+Lateness: each bucket keeps its event-time frontier in state (the latest event time it has
+seen); its watermark is the frontier minus the allowed delay, as of the start of the batch. An
+event older than that comes out as a `late` row. Spark's own watermark would not do: the
+operator only sees it in ProcessingTime or EventTime mode, and the first runs a no-data batch
+on every trigger forever (so available-now never ends) while the second drops late rows before
+the processor without a trace (both measured). Sessions spread evenly over buckets, so every
+bucket's frontier follows the stream's; and unlike Spark's, it survives restarts.
+
+Expiry: a session whose last event is more than the session timeout behind its bucket's
+watermark (as of the end of the batch) is removed from state, scanning the bucket's map once per
+`scan_interval_s` of watermark progress. No event that is not late can still belong to such a
+session, because the fold starts a fresh session after a gap longer than the timeout anyway:
+expiry frees memory, it never changes a feature.
 """
 
 from __future__ import annotations
@@ -62,17 +69,23 @@ _SUB_SEQUENCE = EVENT_RECORD.index("sub_sequence")
 _SESSION_KEY = StructType([StructField("session_id", StringType())])
 _SESSION_VALUE = StructType([StructField("last_event_us", LongType()),
                              StructField("state", BinaryType())])
-_LAST_SCAN = StructType([StructField("watermark_ms", LongType())])
+_CLOCK = StructType([StructField("frontier_us", LongType()),
+                     StructField("last_scan_us", LongType())])
 
 
 @dataclass(frozen=True)
 class SessionizeConfig:
     session_timeout_s: int
+    watermark_delay_s: int
     scan_interval_s: int = 300
 
     @property
     def timeout_us(self) -> int:
         return self.session_timeout_s * 1_000_000
+
+    @property
+    def delay_us(self) -> int:
+        return self.watermark_delay_s * 1_000_000
 
 
 class SessionProcessor(StatefulProcessor):
@@ -81,7 +94,7 @@ class SessionProcessor(StatefulProcessor):
 
     def init(self, handle: StatefulProcessorHandle) -> None:
         self.sessions = handle.getMapState("sessions", _SESSION_KEY, _SESSION_VALUE)
-        self.last_scan = handle.getValueState("last_scan", _LAST_SCAN)
+        self.clock = handle.getValueState("clock", _CLOCK)
 
     def handleInputRows(self, key: tuple, rows: Iterator[Any],
                         timerValues: Any) -> Iterator[Row]:
@@ -89,14 +102,23 @@ class SessionProcessor(StatefulProcessor):
             for row in rows:
                 yield _OutputRow(INVALID, None, None, row.record, *_NO_FEATURES)
             return
-        watermark_ms = timerValues.getCurrentWatermarkInMs()
-        by_session: dict[str, list[tuple[tuple, bytes]]] = {}
+        clock = self.clock.get()
+        frontier_us, last_scan_us = clock if clock else (0, 0)
+        watermark_us = frontier_us - self.config.delay_us if frontier_us else 0
+        by_session: dict[str, list[tuple[list, bytes]]] = {}
         for row in rows:
-            by_session.setdefault(row.user_session, []).append(
-                (orjson.loads(row.record), row.record))
+            values = orjson.loads(row.record)
+            frontier_us = max(frontier_us, values[0])
+            by_session.setdefault(row.user_session, []).append((values, row.record))
         for session_id, items in by_session.items():
-            yield from self._fold(session_id, items, watermark_ms * 1000)
-        self._expire(watermark_ms)
+            yield from self._fold(session_id, items, watermark_us)
+        # Expiry may use the watermark as of the end of the batch: no event that is not late
+        # from now on can continue a session idle for longer than the timeout.
+        watermark_us = frontier_us - self.config.delay_us
+        if watermark_us - last_scan_us >= self.config.scan_interval_s * 1_000_000:
+            self._expire(watermark_us)
+            last_scan_us = watermark_us
+        self.clock.update((frontier_us, last_scan_us))
 
     def _fold(self, session_id: str, items: list[tuple[list, bytes]],
               watermark_us: int) -> Iterator[Row]:
@@ -122,17 +144,11 @@ class SessionProcessor(StatefulProcessor):
         if acc is not None:
             self.sessions.updateValue((session_id,), (acc.last_us, acc.to_bytes()))
 
-    def _expire(self, watermark_ms: int) -> None:
-        if watermark_ms <= 0:
-            return
-        last = self.last_scan.get()
-        if last is not None and watermark_ms - last[0] < self.config.scan_interval_s * 1000:
-            return
-        horizon_us = watermark_ms * 1000 - self.config.timeout_us
+    def _expire(self, watermark_us: int) -> None:
+        horizon_us = watermark_us - self.config.timeout_us
         expired = [key for key, value in self.sessions.iterator() if value[0] < horizon_us]
         for key in expired:
             self.sessions.removeKey(key)
-        self.last_scan.update((watermark_ms,))
 
     def close(self) -> None:
         pass

@@ -78,6 +78,9 @@ def assert_same_snapshots(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     assert got.index.equals(expected.index), "different events"
     for column in columns:
         left, right = got[column], expected[column]
+        if column in (F.EVENT_TIMESTAMP, "last_product_view_at"):
+            left, right = (pd.to_datetime(x, utc=True).astype("datetime64[ns, UTC]")
+                           for x in (left, right))
         if column in ("device_type", "channel", "last_event_type"):
             left, right = left.astype(object).where(left.notna()), right.astype(object).where(
                 right.notna())

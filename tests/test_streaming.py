@@ -1,0 +1,191 @@
+"""The streaming job against real Kinesis (moto server), Spark (local[2]), Redis and Feast."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+
+import feature_repo
+from propensity import aws, events
+from propensity import features as F
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.replay import ReplaySummary, replay
+from propensity.settings import Settings
+from propensity.spark import spark_session
+from propensity.testing import isolated, write_csv
+from streaming.job import StreamOptions, run, start
+from tests.feature_oracle import assert_same_snapshots, expected_snapshots
+from tests.test_events import BASE
+
+pytestmark = pytest.mark.integration
+COSMETICS = Path(__file__).parent / "data" / "cosmetics-2019-11-01-head6000.csv.gz"
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[SparkSession]:
+    session = spark_session("propensity-tests", "local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def pipeline(stack: Settings, tmp_path: Path) -> Settings:
+    return isolated(stack, tmp_path)
+
+
+def send(settings: Settings, path: Path, **options) -> ReplaySummary:
+    kinesis = aws.client("kinesis", settings)
+    return replay(path, KinesisWriter(kinesis, settings.kinesis_stream),
+                  ShardMap(list_shards(kinesis, settings.kinesis_stream)), speed=None,
+                  progress=False, **options)
+
+
+def read(settings: Settings, uri: str) -> pd.DataFrame:
+    table = aws.read_parquet(settings, uri)
+    return pd.DataFrame() if table is None else table.to_pandas()
+
+
+def archive(settings: Settings, view: str) -> pd.DataFrame:
+    from feature_repo.definitions import archive_path
+
+    return read(settings, archive_path(settings, view))
+
+
+def valid_events(path: Path) -> pd.DataFrame:
+    return pd.concat([events.validate(raw).valid for raw in events.read_csv(path)],
+                     ignore_index=True)
+
+
+def online(settings: Settings, view: str, names: tuple[str, ...], rows: list[dict]
+           ) -> pd.DataFrame:
+    store = feature_repo.store(settings)
+    return store.get_online_features(features=[f"{view}:{n}" for n in names],
+                                     entity_rows=rows).to_df()
+
+
+def test_features_equal_the_recomputation_and_feast_serves_the_latest(
+        spark: SparkSession, pipeline: Settings) -> None:
+    sent = send(pipeline, COSMETICS, events_per_record=10)
+    run(pipeline, StreamOptions(until_idle=True), spark)
+
+    expected = expected_snapshots(valid_events(COSMETICS), pipeline.session_timeout_s)
+    assert sent.sent == 5995 and len(expected) == 5995 - sent.duplicates
+    sessions = archive(pipeline, F.SESSION_VIEW)
+    products = archive(pipeline, F.SESSION_PRODUCT_VIEW)
+    assert_same_snapshots(sessions.merge(products, on=[F.SESSION_ID, "event_id",
+                                                       F.EVENT_TIMESTAMP]), expected)
+
+    lake = read(pipeline, pipeline.events_uri)
+    assert sorted(lake["event_id"]) == sorted(expected["event_id"])  # one row per event
+    assert read(pipeline, pipeline.quarantine_uri).empty  # replay sends valid events only
+
+    latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
+    got = online(pipeline, F.SESSION_VIEW, F.SESSION_FEATURE_NAMES,
+                 [{F.SESSION_ID: s} for s in latest[F.SESSION_ID]])
+    want = latest[[F.SESSION_ID, *F.SESSION_FEATURE_NAMES]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+
+    latest_products = expected.sort_values(F.EVENT_TIMESTAMP).groupby(
+        [F.SESSION_ID, F.PRODUCT_ID]).tail(1).head(500)
+    got = online(pipeline, F.SESSION_PRODUCT_VIEW, F.SESSION_PRODUCT_FEATURE_NAMES,
+                 latest_products[[F.SESSION_ID, F.PRODUCT_ID]].to_dict("records"))
+    want = latest_products[[F.SESSION_ID, F.PRODUCT_ID, *F.SESSION_PRODUCT_FEATURE_NAMES]]
+    pd.testing.assert_frame_equal(got[want.columns], want.reset_index(drop=True),
+                                  check_dtype=False)
+
+
+def _row_json(time: str, session: str) -> bytes:
+    return orjson.dumps(dict(zip(events.REES46_COLUMNS, _row(time, session), strict=True)))
+
+
+def _row(time: str, session: str, event_type: str = "view", product: int = 1,
+         price: str = "5.0") -> list[str]:
+    return list({**BASE, "event_time": time, "user_session": session, "event_type": event_type,
+                 "product_id": str(product), "price": price}.values())
+
+
+def test_invalid_duplicate_and_late_events(spark: SparkSession, pipeline: Settings,
+                                           tmp_path: Path) -> None:
+    first = write_csv(tmp_path / "first.csv", [
+        _row("2019-10-01 12:00:00 UTC", "a"),
+        _row("2019-10-01 12:00:05 UTC", "a", "cart"),
+        _row("2019-10-01 12:00:05 UTC", "a", "cart"),  # a repeated event
+        _row("2019-10-01 12:30:00 UTC", "a"),
+        _row("2019-10-01 12:30:00 UTC", "b"),
+    ])
+    # What a broken producer might put on the stream (replay itself never sends these).
+    malformed = [b"not json", orjson.dumps({**BASE, "event_type": "click"}),
+                 _row_json("2019-10-01 12:30:10 UTC", "a") + b"\n{broken"]
+    # Watermarks are now 12:30 minus the delay (10 min): 11:00 is late, 12:29 is not.
+    late = write_csv(tmp_path / "late.csv", [
+        _row("2019-10-01 11:00:00 UTC", "a", "purchase"),
+        _row("2019-10-01 12:29:00 UTC", "b", "cart"),
+        _row("2019-10-01 12:00:05 UTC", "a", "cart"),  # the repeat again, now also late
+    ])
+    query, listener = start(pipeline, StreamOptions(trigger_s=0.5), spark)
+    try:
+        send(pipeline, first)
+        KinesisWriter(aws.client("kinesis", pipeline), pipeline.kinesis_stream).put(
+            [("a", data) for data in malformed])
+        wait_for(lambda: len(archive(pipeline, F.SESSION_VIEW)) == 5
+                 and len(read(pipeline, pipeline.quarantine_uri)) == 3)
+        send(pipeline, late)
+        wait_for(lambda: len(read(pipeline, pipeline.quarantine_uri)) == 5
+                 and len(archive(pipeline, F.SESSION_VIEW)) == 6)
+    finally:
+        query.stop()
+        spark.streams.removeListener(listener)
+
+    sessions = archive(pipeline, F.SESSION_VIEW).sort_values(F.EVENT_TIMESTAMP)
+    a = sessions[sessions[F.SESSION_ID] == "a"]
+    assert a["event_count"].tolist() == [1, 2, 3, 4]  # the repeat once, the late one never
+    assert a["purchase_count"].max() == 0
+    b = sessions[sessions[F.SESSION_ID] == "b"]
+    assert b["event_count"].tolist() == [1, 2]
+    # b's cart (12:29) came after its view (12:30): counted, but never stamped before 12:30.
+    assert b[F.EVENT_TIMESTAMP].is_monotonic_increasing
+    assert b["last_event_type"].tolist() == ["view", "view"]
+    quarantine = read(pipeline, pipeline.quarantine_uri)
+    assert sorted(quarantine[events.REASON]) == [
+        "bad_event_type", "late", "late", "malformed", "malformed"]
+    assert set(quarantine[events.PAYLOAD]) >= {"not json", "{broken"}
+    late_payloads = quarantine.loc[quarantine[events.REASON] == "late", events.PAYLOAD]
+    late_events = events.validate(events.frame_from_json(list(late_payloads))).valid
+    assert sorted(late_events["event_type"]) == ["cart", "purchase"]
+
+
+def wait_for(condition, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the streaming job did not get there in time")
+        time.sleep(0.5)
+
+
+def test_idle_sessions_leave_state(spark: SparkSession, stack: Settings,
+                                   tmp_path: Path) -> None:
+    settings = isolated(stack, tmp_path).model_copy(update={
+        "session_timeout_s": 60, "watermark_delay_s": 0})
+    early = [_row(f"2019-10-01 10:00:{s % 60:02d} UTC", f"early-{s}") for s in range(300)]
+    send(settings, write_csv(tmp_path / "early.csv", early))
+    run(settings, StreamOptions(until_idle=True), spark)
+    assert _state_rows(spark, settings) == 300
+    # An hour later (event time), traffic reaches every bucket; the early sessions are idle.
+    later = [_row("2019-10-01 11:00:00 UTC", f"later-{s}") for s in range(300)]
+    send(settings, write_csv(tmp_path / "later.csv", later))
+    run(settings, StreamOptions(until_idle=True), spark)
+    held = (spark.read.format("statestore").option("stateVarName", "sessions")
+            .load(settings.checkpoint_dir).select("user_map_key.session_id").toPandas())
+    assert sorted(held["session_id"]) == sorted(f"later-{s}" for s in range(300))
+
+
+def _state_rows(spark: SparkSession, settings: Settings) -> int:
+    """Sessions held in the stateful operator's map state, read with Spark's state reader."""
+    return (spark.read.format("statestore").option("stateVarName", "sessions")
+            .load(settings.checkpoint_dir).count())
