@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,10 +45,11 @@ def pipeline(stack: Settings, tmp_path: Path) -> Settings:
     return isolated(stack, tmp_path)
 
 
-def send(settings: Settings, path: Path, **options) -> ReplaySummary:
+def send(settings: Settings, path: Path, speed: float | None = None, **options
+         ) -> ReplaySummary:
     kinesis = aws.client("kinesis", settings)
     return replay(path, KinesisWriter(kinesis, settings.kinesis_stream),
-                  ShardMap(list_shards(kinesis, settings.kinesis_stream)), speed=None,
+                  ShardMap(list_shards(kinesis, settings.kinesis_stream)), speed=speed,
                   progress=False, **options)
 
 
@@ -160,12 +167,12 @@ def test_invalid_duplicate_and_late_events(spark: SparkSession, pipeline: Settin
     assert sorted(late_events["event_type"]) == ["cart", "purchase"]
 
 
-def wait_for(condition, timeout_s: float = 120) -> None:
+def wait_for(condition, timeout_s: float = 120, poll_s: float = 0.5) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError("the streaming job did not get there in time")
-        time.sleep(0.5)
+        time.sleep(poll_s)
 
 
 def test_idle_sessions_leave_state(spark: SparkSession, stack: Settings,
@@ -189,3 +196,81 @@ def _state_rows(spark: SparkSession, settings: Settings) -> int:
     """Sessions held in the stateful operator's map state, read with Spark's state reader."""
     return (spark.read.format("statestore").option("stateVarName", "sessions")
             .load(settings.checkpoint_dir).count())
+
+
+def _stream_process(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "propensity"), "stream",
+                                 *args], env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+
+
+def _batches(settings: Settings) -> tuple[int, int]:
+    """(planned, committed) micro-batches in the checkpoint."""
+    checkpoint = Path(settings.checkpoint_dir)
+    count = [len([p for p in (checkpoint / d).glob("[0-9]*")]) if (checkpoint / d).exists()
+             else 0 for d in ("offsets", "commits")]
+    return count[0], count[1]
+
+
+def test_sigkill_mid_replay_then_restart_counts_every_event_once(pipeline: Settings,
+                                                                 tmp_path: Path) -> None:
+    log = tmp_path / "stream.log"
+    # 4.7 hours of real events at 700x: the replay goes on for about 25 s.
+    replaying = threading.Thread(target=send, args=(pipeline, COSMETICS),
+                                 kwargs={"speed": 700.0, "events_per_record": 5})
+    replaying.start()
+    job = _stream_process(pipeline, log, "--trigger", "0.5", "--max-records-per-batch", "40")
+    try:
+        # Kill while a batch is under way (planned, not committed) after two have committed.
+        wait_for(lambda: _batches(pipeline)[1] >= 2 and
+                 _batches(pipeline)[0] > _batches(pipeline)[1], timeout_s=180, poll_s=0.02)
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
+        assert replaying.is_alive(), "the kill should land in the middle of the replay"
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    killed_at = _batches(pipeline)
+    replaying.join()
+    restarted = _stream_process(pipeline, log, "--until-idle")
+    assert restarted.wait(300) == 0, log.read_text()[-3000:]
+    assert _batches(pipeline)[1] > killed_at[1]
+
+    expected = expected_snapshots(valid_events(COSMETICS), pipeline.session_timeout_s)
+    sessions = archive(pipeline, F.SESSION_VIEW)
+    assert not sessions["event_id"].duplicated().any()  # nothing counted twice
+    assert_same_snapshots(sessions.merge(archive(pipeline, F.SESSION_PRODUCT_VIEW),
+                                         on=[F.SESSION_ID, "event_id", F.EVENT_TIMESTAMP]),
+                          expected)  # nothing lost, every feature right
+    assert sorted(read(pipeline, pipeline.events_uri)["event_id"]) == sorted(expected["event_id"])
+    latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
+    got = online(pipeline, F.SESSION_VIEW, ("event_count",),
+                 [{F.SESSION_ID: s} for s in latest[F.SESSION_ID]])
+    assert got["event_count"].tolist() == latest["event_count"].tolist()
+
+
+def test_resharding_keeps_every_event_once(spark: SparkSession, pipeline: Settings,
+                                           tmp_path: Path) -> None:
+    """Parents are read to their end before their children. (moto also copies a parent's
+    records into its children, which the job's de-duplication by identity absorbs.)"""
+    with gzip.open(COSMETICS, "rt") as csv_file:
+        lines = csv_file.read().splitlines(keepends=True)
+    halves = [tmp_path / "first.csv", tmp_path / "second.csv"]
+    halves[0].write_text("".join(lines[:3001]))
+    halves[1].write_text(lines[0] + "".join(lines[3001:]))
+    send(pipeline, halves[0], events_per_record=5)
+    run(pipeline, StreamOptions(until_idle=True), spark)
+    kinesis = aws.client("kinesis", pipeline)
+    kinesis.update_shard_count(StreamName=pipeline.kinesis_stream, TargetShardCount=4,
+                               ScalingType="UNIFORM_SCALING")
+    assert len(list_shards(kinesis, pipeline.kinesis_stream)) == 6
+    send(pipeline, halves[1], events_per_record=5)
+    run(pipeline, StreamOptions(until_idle=True), spark)
+
+    expected = expected_snapshots(valid_events(COSMETICS), pipeline.session_timeout_s)
+    sessions = archive(pipeline, F.SESSION_VIEW)
+    assert_same_snapshots(sessions.merge(archive(pipeline, F.SESSION_PRODUCT_VIEW),
+                                         on=[F.SESSION_ID, "event_id", F.EVENT_TIMESTAMP]),
+                          expected)
