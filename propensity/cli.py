@@ -89,7 +89,23 @@ def _parser() -> argparse.ArgumentParser:
                         default="TRIM_HORIZON", help="where a new checkpoint starts reading")
     stream.add_argument("--max-records-per-batch", type=int, default=0, metavar="N",
                         help="cap Kinesis records per micro-batch (default: all available)")
+    stream.add_argument("--verbose", action="store_true",
+                        help="also log Spark's per-batch durations and state metrics")
     stream.set_defaults(handler=_stream)
+
+    bench = commands.add_parser("bench", help="benchmarks that print their figures")
+    benches = bench.add_subparsers(required=True, metavar="WHAT")
+    bench_stream = benches.add_parser(
+        "stream", help="the streaming job's sustained events/s and freshness")
+    bench_stream.add_argument("--rate", type=float, default=2000, help="events/s offered")
+    bench_stream.add_argument("--duration", type=float, default=60, metavar="SECONDS")
+    bench_stream.add_argument("--events-per-record", type=int, default=10, metavar="K")
+    bench_stream.add_argument("--trigger", type=float, default=1.0, metavar="SECONDS")
+    bench_stream.add_argument("--warmup", type=float, default=15, metavar="SECONDS",
+                              help="leave events sent in the first SECONDS out of freshness")
+    bench_stream.add_argument("--shape", type=Path, default=SAMPLE,
+                              help="REES46 file whose sessions the traffic resamples")
+    bench_stream.set_defaults(handler=_bench_stream)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
@@ -192,18 +208,29 @@ def _replay(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from streaming.job import StreamOptions, run
 
-    _log_to_stderr()
+    _log_to_stderr(verbose=args.verbose)
     run(Settings(), StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
                                   starting_position=args.starting_position,
                                   max_records_per_batch=args.max_records_per_batch))
     return 0
 
 
-def _log_to_stderr() -> None:
+def _bench_stream(args: argparse.Namespace) -> int:
+    from propensity.bench.stream import run_stream_bench
+
+    result = run_stream_bench(Settings(), args.rate, args.duration, args.shape,
+                              args.events_per_record, args.trigger, args.warmup)
+    print(result.format())
+    return 0
+
+
+def _log_to_stderr(verbose: bool = False) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose:
+        logging.getLogger("propensity").setLevel(logging.DEBUG)
     for noisy in ("py4j", "botocore", "urllib3", "feast"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

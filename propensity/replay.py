@@ -16,10 +16,11 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from propensity import events
@@ -72,7 +73,9 @@ class ReplaySummary:
 
 
 @dataclass
-class _Event:
+class SentEvent:
+    """An event as sent: partition key (its session), JSON, event time."""
+
     key: str
     data: bytes
     epoch_s: float
@@ -81,16 +84,38 @@ class _Event:
 def replay(path: str | Path, writer: KinesisWriter, shard_map: ShardMap, *,
            speed: float | None = None, limit: int | None = None, events_per_record: int = 1,
            progress: bool = True) -> ReplaySummary:
+    """Replay a REES46 file: every valid row, in file order."""
+    summary = ReplaySummary()
+    seen: set[str] = set()
+
+    def valid_frames() -> Iterator[pd.DataFrame]:
+        for batch in _validated(path, limit, summary):
+            for event_id in batch.valid["event_id"]:
+                summary.duplicates += event_id in seen
+                seen.add(event_id)
+            yield batch.valid
+
+    return send_events(valid_frames(), writer, shard_map, speed=speed,
+                       events_per_record=events_per_record, progress=progress, total=limit,
+                       summary=summary)
+
+
+def send_events(frames: Iterable[pd.DataFrame], writer: KinesisWriter, shard_map: ShardMap, *,
+                speed: float | None = None, events_per_record: int = 1, progress: bool = True,
+                total: int | None = None, summary: ReplaySummary | None = None,
+                on_sent: Callable[[list[SentEvent], float], None] | None = None) -> ReplaySummary:
+    """Send valid events (the contract's typed frames, in order) to Kinesis, paced by their
+    event times divided by `speed` (None: as fast as possible). `on_sent` sees each flushed
+    group of events with the time just before they were sent."""
     if speed is not None and speed <= 0:
         raise ValueError("speed must be positive")
     if events_per_record < 1:
         raise ValueError("events_per_record must be at least 1")
-    summary = ReplaySummary()
-    seen: set[str] = set()
+    summary = summary or ReplaySummary()
     started = time.monotonic()
     pacer = _Pacer(speed)
-    bar = tqdm(total=limit, unit="ev", desc="replay", disable=not progress, file=sys.stderr)
-    buffer: list[_Event] = []
+    bar = tqdm(total=total, unit="ev", desc="replay", disable=not progress, file=sys.stderr)
+    buffer: list[SentEvent] = []
     max_buffer = MAX_RECORDS_PER_PUT * events_per_record
 
     def flush() -> None:
@@ -98,18 +123,18 @@ def replay(path: str | Path, writer: KinesisWriter, shard_map: ShardMap, *,
             return
         records = pack([(e.key, e.data) for e in buffer], events_per_record, shard_map)
         retried = writer.stats.retried
+        sending_at = time.time()
         writer.put(records)
+        if on_sent:
+            on_sent(buffer, sending_at)
         summary.sent += len(buffer)
         summary.records += len(records)
         summary.retried += writer.stats.retried - retried
         bar.update(len(buffer))
         buffer.clear()
 
-    for batch in _validated(path, limit, summary):
-        for event_id in batch.valid["event_id"]:
-            summary.duplicates += event_id in seen
-            seen.add(event_id)
-        for event in _events(batch.valid):
+    for frame in frames:
+        for event in _events(frame):
             wait = pacer.wait_s(event.epoch_s)
             if wait > _FLUSH_WINDOW_S:
                 flush()
@@ -136,9 +161,9 @@ def _validated(path: str | Path, limit: int | None,
         yield batch
 
 
-def _events(valid) -> Iterator[_Event]:
-    epochs = valid["event_time"].astype("int64") / 1e6
-    yield from map(_Event, valid["user_session"], events.to_json(valid), epochs)
+def _events(valid: pd.DataFrame) -> Iterator[SentEvent]:
+    epochs = valid["event_time"].astype("datetime64[us, UTC]").astype("int64") / 1e6
+    yield from map(SentEvent, valid["user_session"], events.to_json(valid), epochs)
 
 
 class _Pacer:

@@ -82,6 +82,8 @@ class ProgressLog(StreamingQueryListener):
             report.sessions if report else 0, state_rows,
             report.quarantined if report else {}, progress.batchDuration / 1000,
             report.write_s if report else 0.0, statistics.median(freshness), max(freshness))
+        log.debug("batch %d durations (ms): %s; state: %s", progress.batchId,
+                  progress.durationMs, [op.json for op in progress.stateOperators])
 
     def onQueryIdle(self, event: Any) -> None:
         pass

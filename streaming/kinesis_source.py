@@ -247,7 +247,12 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return ranges
 
     def commit(self, end: dict) -> None:
-        self._cache.clear()
+        """Drop prefetched ranges that end at or before the committed offsets. (Spark commits
+        a batch after planning the next one: the next batch's records must stay.)"""
+        for (shard_id, start_key), (end_sequence, _) in list(self._cache.items()):
+            committed = end["shards"].get(shard_id, {}).get("after")
+            if committed is not None and int(end_sequence) <= int(committed):
+                del self._cache[(shard_id, start_key)]
 
     # -- reading (tasks) ------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each runs real components and prints its figures."""

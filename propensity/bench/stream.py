@@ -1,0 +1,206 @@
+"""`propensity bench stream`: the streaming job's sustained throughput and freshness.
+
+On a fresh local stack, the job runs as its own process (`propensity stream`) while a separate
+producer process sends generated traffic with the real data's shape (propensity.generate) into
+Kinesis at a fixed rate, event times = send times. Sampled events are watched in Redis through
+Feast's own online read: an event's freshness is the time from just before it was sent to
+Kinesis until its session's online features reflect it (their timestamp reaches its time).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+
+from propensity import aws
+from propensity import features as F
+from propensity.generate import TrafficModel
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.replay import SentEvent, send_events
+from propensity.settings import Settings
+from propensity.stack import LocalStack
+
+SAMPLES_PER_S = 200
+_POLL_S = 0.05
+
+
+@dataclass
+class StreamBenchResult:
+    rate: float
+    duration_s: float
+    shape: str
+    events_per_record: int
+    sent: int = 0
+    send_s: float = 0.0
+    processed_s: float = 0.0  # from the first send until the last sample was readable
+    warmup_s: float = 15.0  # samples sent earlier are left out of freshness (JIT, workers)
+    freshness_s: list[float] = field(default_factory=list)
+    unresolved: int = 0
+    job_log: str = ""
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.freshness_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    def format(self) -> str:
+        return "\n".join([
+            f"stream bench: generated events with the shape of {self.shape} (not real traffic),"
+            f" {self.events_per_record} events per Kinesis record",
+            f"  offered    {self.rate:>10,.0f} events/s for {self.duration_s:.0f} s",
+            f"  sent       {self.sent:>10,} events, {self.sent / self.send_s:,.0f} events/s"
+            " achieved by the producer",
+            f"  processed  {self.sent / self.processed_s:>10,.0f} events/s sustained (all sent "
+            f"events readable in Redis {self.processed_s:.1f} s after the first was sent)",
+            f"  freshness  p50 {self.percentile(0.5):.2f} s  p95 {self.percentile(0.95):.2f} s"
+            f"  p99 {self.percentile(0.99):.2f} s  max {max(self.freshness_s, default=0):.2f} s"
+            f"  (Kinesis -> readable in Redis; {len(self.freshness_s):,} events sampled after a"
+            f" {self.warmup_s:.0f} s warm-up, {self.unresolved} never readable)",
+            f"  job log    {self.job_log}",
+        ])
+
+
+def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path,
+                     events_per_record: int = 10, trigger_s: float = 1.0,
+                     warmup_s: float = 15.0) -> StreamBenchResult:
+    result = StreamBenchResult(rate, duration_s, shape.name, events_per_record,
+                               warmup_s=warmup_s)
+    stack = LocalStack(base.home / "bench-stream")
+    stack.down()
+    settings = stack.up()
+    for folder in (Path(settings.checkpoint_dir), Path(settings.feast_registry).parent):
+        _remove(folder)
+    log = stack.home / "stream.log"
+    result.job_log = str(log)
+    job = _start_job(settings, log, trigger_s)
+    try:
+        _wait_for_job(job, log)
+        samples = multiprocessing.get_context("spawn").Queue()
+        producer = multiprocessing.get_context("spawn").Process(
+            target=_produce, args=(settings, str(shape), rate, duration_s, events_per_record,
+                                   samples))
+        producer.start()
+        _probe(settings, samples, producer, result)
+        producer.join()
+    finally:
+        _stop(job)
+        stack.down()
+    return result
+
+
+def _start_job(settings: Settings, log: Path, trigger_s: float) -> subprocess.Popen:
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).parent / "propensity"), "stream",
+               "--trigger", str(trigger_s), "--starting-position", "LATEST"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+
+
+def _wait_for_job(job: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Until the job has run its first (empty) batch: Spark, the query and Feast are up."""
+    deadline = time.monotonic() + timeout_s
+    while "batch 0:" not in log.read_text(errors="replace"):
+        if job.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the streaming job did not start; see {log}")
+        time.sleep(0.5)
+
+
+def _produce(settings: Settings, shape: str, rate: float, duration_s: float,
+             events_per_record: int, samples: Any) -> None:
+    model = TrafficModel.from_file(shape)
+    kinesis = aws.client("kinesis", settings)
+    every = max(1, int(rate / SAMPLES_PER_S))
+    counter = 0
+
+    def sample(sent: list[SentEvent], sending_at: float) -> None:
+        nonlocal counter
+        picked = [(e.key, e.epoch_s, sending_at) for e in sent[(-counter) % every::every]]
+        counter += len(sent)
+        if picked:
+            samples.put(picked)
+
+    first_event_s = time.time() + 1.0
+    samples.put(("start", first_event_s))
+    summary = send_events(model.frames(first_event_s, rate, duration_s),
+                          KinesisWriter(kinesis, settings.kinesis_stream),
+                          ShardMap(list_shards(kinesis, settings.kinesis_stream)), speed=1.0,
+                          events_per_record=events_per_record, progress=False, on_sent=sample)
+    samples.put(("done", summary.sent, summary.seconds))
+
+
+def _probe(settings: Settings, samples: Any, producer: Any, result: StreamBenchResult,
+           drain_timeout_s: float = 120) -> None:
+    """Watch sampled events until each is readable in Redis (or the drain times out)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    import feature_repo
+    from feature_repo import definitions
+
+    config = feature_repo.repo_config(settings)
+    view = definitions.feature_view(settings, F.SESSION_VIEW)
+    online = RedisOnlineStore()
+    pending: list[tuple[str, float, float]] = []
+    done_at: float | None = None
+    started = last_resolved = time.time()
+    while True:
+        try:
+            while True:
+                item = samples.get_nowait()
+                if item[0] == "start":
+                    started = last_resolved = item[1]
+                elif item[0] == "done":
+                    result.sent, result.send_s = item[1], item[2]
+                    done_at = time.monotonic()
+                else:
+                    pending.extend(item)
+        except queue.Empty:
+            pass
+        if pending:
+            batch = pending[:2000]
+            keys = [EntityKey(join_keys=[F.SESSION_ID], entity_values=[Value(string_val=s)])
+                    for s, _, _ in batch]
+            read = online.online_read(config, view, keys, ["event_count"])
+            now = time.time()
+            resolved = {i for i, (ts, _) in enumerate(read)
+                        if ts is not None and ts.timestamp() >= batch[i][1] - 1e-6}
+            result.freshness_s.extend(now - batch[i][2] for i in resolved
+                                      if batch[i][2] >= started + result.warmup_s)
+            if resolved:
+                last_resolved = now
+            pending = [p for i, p in enumerate(batch) if i not in resolved] + pending[2000:]
+        if done_at is not None and (not pending or
+                                    time.monotonic() - done_at > drain_timeout_s):
+            break
+        if done_at is None and not producer.is_alive() and samples.empty():
+            raise RuntimeError("the producer stopped without finishing")
+        time.sleep(_POLL_S)
+    result.unresolved = len(pending)
+    result.processed_s = last_resolved - started
+
+
+def _stop(job: subprocess.Popen) -> None:
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
+        try:
+            job.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(30)
+
+
+def _remove(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
