@@ -20,7 +20,11 @@ def spark_session(app: str, master: str, shuffle_partitions: int = 2) -> SparkSe
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app)
     if master:
-        builder = builder.master(master).config("spark.driver.memory", "2g")
+        # Embedded: bind the driver to loopback only.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        builder = (builder.master(master).config("spark.driver.memory", "2g")
+                   .config("spark.driver.host", "127.0.0.1")
+                   .config("spark.driver.bindAddress", "127.0.0.1"))
     spark = (
         builder
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from propensity.testing import running_stack, with_fresh_stream
 
 SAMPLE = Path(__file__).resolve().parents[1] / "propensity" / "data" / \
     "multicat-2019-10-01-head.csv.gz"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout) unwinds like Ctrl-C, so fixtures stop the servers they began."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")
