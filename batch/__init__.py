@@ -1,4 +1,11 @@
-"""The daily batch job: user and product aggregates with point-in-time snapshots, into Feast.
+"""The daily batch job (an EMR step in production): imports historical files into the event
+lake, computes user and product aggregates as daily point-in-time snapshots, validates them and
+publishes them to Feast's offline store (S3 Parquet) and online store (Redis).
 
-Not built yet (issue 4); the folder is reserved for it.
+- lake.py        the event lake as a Spark DataFrame (Python data source over S3 Parquet)
+- importer.py    REES46 files into the lake through the event contract
+- aggregates.py  the user and product features, as of the end of each day (Spark)
+- checks.py      validation of computed features before anything is published
+- publish.py     offline Parquet per date, the latest snapshot to Redis
+- job.py         the whole run; also the spark-submit entry point
 """

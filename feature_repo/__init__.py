@@ -21,12 +21,16 @@ from propensity.settings import Settings
 REPO = Path(__file__).resolve().parent
 
 
-def repo_config(settings: Settings) -> RepoConfig:
+def repo_config(settings: Settings, key_ttl_s: int | None = None) -> RepoConfig:
+    """feature_store.yaml with the settings' values; `key_ttl_s` overrides the Redis TTL
+    (the streaming job writes session keys with a shorter one)."""
     values = {**os.environ, **settings.to_env()}
     text = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)],
                   (REPO / "feature_store.yaml").read_text())
     config = RepoConfig(**yaml.safe_load(text))
     config.repo_path = REPO
+    if key_ttl_s is not None:
+        config.online_store.key_ttl_seconds = key_ttl_s
     return config
 
 

@@ -13,6 +13,8 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from datetime import date
 from pathlib import Path
 
 from propensity.settings import Settings
@@ -40,12 +42,14 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures a user can act on: reported in one line, without a traceback."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    from batch.checks import ValidationError
+    from batch.job import BatchError
     from propensity.events import ContractError
     from propensity.kinesis import KinesisPutError
     from propensity.stack import StackError
 
     return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
-            ClientError)
+            ClientError, BatchError, ValidationError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="also log Spark's per-batch durations and state metrics")
     stream.set_defaults(handler=_stream)
 
+    batch = commands.add_parser(
+        "batch", help="the daily batch: user and product features as of each day, into Feast")
+    _batch_arguments(batch)
+    batch.set_defaults(handler=_batch)
+
     bench = commands.add_parser("bench", help="benchmarks that print their figures")
     benches = bench.add_subparsers(required=True, metavar="WHAT")
     bench_stream = benches.add_parser(
@@ -113,6 +122,32 @@ def _parser() -> argparse.ArgumentParser:
                       help="leave the demo's stack running at the end")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _batch_arguments(parser: argparse.ArgumentParser) -> None:
+    days = parser.add_mutually_exclusive_group()
+    days.add_argument("--as-of", type=date.fromisoformat, metavar="DATE",
+                      help="snapshots as of the end of this day (default: the lake's last day)")
+    days.add_argument("--from", dest="first", type=date.fromisoformat, metavar="DATE",
+                      help="first day of a backfill range (with --to)")
+    parser.add_argument("--to", dest="last", type=date.fromisoformat, metavar="DATE",
+                        help="last day of a backfill range")
+    parser.add_argument("--import", dest="imports", action="append", type=Path, default=[],
+                        metavar="FILE", help="REES46 file to load into the lake first "
+                        "(repeatable); without dates, the run covers the imported days")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from batch.job import run
+
+    _log_to_stderr()
+    summary = run(Settings(), args)
+    if args.json:
+        print(json.dumps(asdict(summary)))
+    else:
+        print(summary.format())
+    return 0
 
 
 def _stack(settings: Settings):

@@ -93,6 +93,17 @@ REASON = "reason"
 DETAIL = "detail"
 _RAW_COLUMNS = (*FIELD_NAMES, PAYLOAD, SIZE, PROBLEM)
 
+# How events are stored. The event lake: valid, de-duplicated events and when they arrived.
+ARRIVAL_TIME = "arrival_time"
+LAKE_SCHEMA = EVENT_SCHEMA.append(pa.field(ARRIVAL_TIME, pa.timestamp("us", tz="UTC")))
+# The quarantine: what was received, why it was refused, and where it came from (the Kinesis
+# position for the stream, nulls for an imported file).
+QUARANTINE_SCHEMA = pa.schema([
+    (PAYLOAD, pa.string()), (REASON, pa.string()), (DETAIL, pa.string()),
+    ("shard_id", pa.string()), ("sequence_number", pa.string()), ("sub_sequence", pa.int32()),
+    (ARRIVAL_TIME, pa.timestamp("us", tz="UTC")),
+])
+
 
 class Reason(StrEnum):
     MALFORMED = "malformed"

@@ -1,4 +1,8 @@
-"""Session features: defined once, computed by one fold, used by streaming, training and serving.
+"""Features: defined once here, used by streaming, batch, training and serving.
+
+Session features (below, first) come from the streaming fold; user and product features
+(further down) from the daily batch (batch/aggregates.py); request-time features are derived
+at the point of use from stored timestamps (`request_time_features`).
 
 A session's features are a fold over its events in event-time order (`SessionAccumulator`).
 The streaming job runs the fold incrementally, keeping the accumulator in Spark state; training
@@ -34,6 +38,9 @@ USER_ID = "user_id"
 PRODUCT_ID = "product_id"
 SESSION_VIEW = "session_features"
 SESSION_PRODUCT_VIEW = "session_product_features"
+USER_VIEW = "user_features"
+PRODUCT_VIEW = "product_features"
+MODEL_SERVICE = "propensity_model"  # the Feast feature service the model reads
 EVENT_TIMESTAMP = "event_timestamp"
 
 
@@ -67,6 +74,43 @@ SESSION_PRODUCT_FEATURES: tuple[Feature, ...] = (
             "time of the latest view of this product (the scorer derives time since)"),
     Feature("product_in_cart", "bool", "added to the cart more often than removed"),
 )
+
+# Daily batch features, as of the end of a day (snapshot time = the next midnight, UTC). An
+# "order" is one session's purchases on one day; a category is category_code, or category_id
+# when the code is empty.
+LIFETIME_PURCHASE_COUNT = Feature("lifetime_purchase_count", "int64", "purchase events so far")
+LIFETIME_SESSION_COUNT = Feature("lifetime_session_count", "int64", "sessions so far")
+AVG_ORDER_VALUE_90D = Feature("avg_order_value_90d", "float64",
+                              "mean order value over the last 90 days (None: no order)")
+LAST_PURCHASE_AT = Feature("last_purchase_at", "timestamp",
+                           "time of the latest purchase (days since it is derived at use)")
+PREFERRED_PRODUCT_CATEGORY = Feature(
+    "preferred_product_category", "string",
+    "most purchased category; ties go to the one that reached the count last, then by name")
+USER_FEATURES: tuple[Feature, ...] = (
+    LIFETIME_PURCHASE_COUNT, LIFETIME_SESSION_COUNT, AVG_ORDER_VALUE_90D, LAST_PURCHASE_AT,
+    PREFERRED_PRODUCT_CATEGORY,
+)
+PURCHASE_COUNT_30D = Feature("purchase_count_30d", "int64", "purchases in the last 30 days")
+VIEW_COUNT_30D = Feature("view_count_30d", "int64", "views in the last 30 days")
+VIEW_TO_PURCHASE_RATE_30D = Feature("view_to_purchase_rate_30d", "float64",
+                                    "purchases per view, last 30 days (None: no view)")
+AVG_PRICE_7D = Feature("avg_price_7d", "float64",
+                       "mean price over the product's events of the last 7 days (None: none)")
+PRODUCT_FEATURES: tuple[Feature, ...] = (
+    PURCHASE_COUNT_30D, VIEW_COUNT_30D, VIEW_TO_PURCHASE_RATE_30D, AVG_PRICE_7D,
+)
+
+# Derived where they are used, from a stored time and the moment of use (the prediction
+# point in training, the request in serving), so they never go stale in a store.
+DAYS_SINCE_LAST_PURCHASE = Feature("days_since_last_purchase", "float64",
+                                   "days from the user's latest purchase to now")
+SECONDS_SINCE_LAST_PRODUCT_VIEW = Feature(
+    "seconds_since_last_product_view", "float64",
+    "seconds from the latest view of the product in this session to now")
+REQUEST_TIME_FEATURES: tuple[Feature, ...] = (DAYS_SINCE_LAST_PURCHASE,
+                                               SECONDS_SINCE_LAST_PRODUCT_VIEW)
+
 SESSION_FEATURE_NAMES = tuple(f.name for f in SESSION_FEATURES)
 SESSION_PRODUCT_FEATURE_NAMES = tuple(f.name for f in SESSION_PRODUCT_FEATURES)
 
@@ -266,3 +310,19 @@ def snapshot_frame(rows: list[tuple]) -> pd.DataFrame:
     for column in ("event_time", EVENT_TIMESTAMP, "last_product_view_at"):
         frame[column] = pd.to_datetime(frame[column], unit="us", utc=True)
     return frame
+
+
+def request_time_features(last_purchase_at: np.ndarray, last_product_view_at: np.ndarray,
+                          now: np.ndarray) -> dict[str, np.ndarray]:
+    """The request-time features from stored times and the moments of use (all arrays of
+    datetime64[us], NaT where unknown); NaN where the stored time is unknown."""
+    moment = now.astype("datetime64[us]")
+
+    def elapsed_s(since: np.ndarray) -> np.ndarray:
+        since = since.astype("datetime64[us]")
+        return np.where(np.isnat(since), np.nan, (moment - since) / np.timedelta64(1, "s"))
+
+    return {
+        DAYS_SINCE_LAST_PURCHASE.name: elapsed_s(last_purchase_at) / 86_400,
+        SECONDS_SINCE_LAST_PRODUCT_VIEW.name: elapsed_s(last_product_view_at),
+    }

@@ -43,8 +43,11 @@ class Settings(BaseSettings):
     session_timeout_s: int = Field(1800, ge=60, alias="PROPENSITY_SESSION_TIMEOUT_S")
     # How late (event time) an event may arrive before the streaming job quarantines it.
     watermark_delay_s: int = Field(600, ge=0, alias="PROPENSITY_WATERMARK_DELAY_S")
-    # How long online features live in Redis after their last update.
+    # How long session features live in Redis after their last update (streaming job).
     online_ttl_s: int = Field(7200, ge=60, alias="PROPENSITY_ONLINE_TTL_S")
+    # How long user and product features live in Redis: every daily batch rewrites them all,
+    # so they outlive a missed run or two. Also the TTL of `feast materialize`.
+    batch_online_ttl_s: int = Field(3 * 86400, ge=3600, alias="PROPENSITY_BATCH_ONLINE_TTL_S")
     # Spark checkpoints of the streaming job: a local folder here, s3://... on EMR.
     checkpoint_dir: str = Field(".propensity/checkpoints", alias="PROPENSITY_CHECKPOINT_DIR")
 

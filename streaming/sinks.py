@@ -21,18 +21,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from feast import ValueType
 from feast.infra.online_stores.redis import RedisOnlineStore
-from feast.type_map import python_values_to_proto_values
-from feast.utils import _build_entity_keys, _coerce_datetime
 
 import feature_repo
 from feature_repo import definitions
+from feature_repo.online import latest_per_entity, online_rows
 from propensity import aws, events
 from propensity import features as F
 from propensity.settings import Settings
@@ -45,16 +42,6 @@ SESSION_COLUMNS = (F.SESSION_ID, F.USER_ID, "event_id", "event_time", F.EVENT_TI
                    *F.SESSION_FEATURE_NAMES)
 SESSION_PRODUCT_COLUMNS = (F.SESSION_ID, F.PRODUCT_ID, "event_id", F.EVENT_TIMESTAMP,
                            *F.SESSION_PRODUCT_FEATURE_NAMES)
-LAKE_SCHEMA = events.EVENT_SCHEMA.append(pa.field("arrival_time", pa.timestamp("us", tz="UTC")))
-QUARANTINE_SCHEMA = pa.schema([
-    (events.PAYLOAD, pa.string()), (events.REASON, pa.string()), (events.DETAIL, pa.string()),
-    ("shard_id", pa.string()), ("sequence_number", pa.string()), ("sub_sequence", pa.int32()),
-    ("arrival_time", pa.timestamp("us", tz="UTC")),
-])
-_JOIN_KEYS = {
-    F.SESSION_VIEW: {F.SESSION_ID: ValueType.STRING},
-    F.SESSION_PRODUCT_VIEW: {F.SESSION_ID: ValueType.STRING, F.PRODUCT_ID: ValueType.INT64},
-}
 
 
 @dataclass
@@ -94,8 +81,9 @@ class MicroBatchSink:
         # The writes are independent I/O (S3, Redis): run them side by side.
         writes: list[Callable[[], Any]] = []
         if snapshots.num_rows:
-            writes.append(partial(self._write_parquet, self.settings.events_uri,
-                                  snapshots.select(LAKE_SCHEMA.names), "event_time", batch_id))
+            lake_rows = snapshots.select(events.LAKE_SCHEMA.names)
+            writes.append(partial(self._write_parquet, self.settings.events_uri, lake_rows,
+                                  "event_time", batch_id))
             for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
                                   (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
                 writes.append(partial(self._write_parquet,
@@ -141,15 +129,16 @@ class MicroBatchSink:
     @property
     def repo_config(self) -> Any:
         if self._repo_config is None:
-            self._repo_config = feature_repo.repo_config(self.settings)
+            self._repo_config = feature_repo.repo_config(
+                self.settings, key_ttl_s=self.settings.online_ttl_s)
         return self._repo_config
 
     def _online_writes(self, snapshots: pa.Table) -> tuple[list[Callable[[], None]], int]:
         """The Redis writes of the latest snapshot per entity of each view, and their rows."""
         writes = []
         rows_total = 0
-        for view_name, join_keys in _JOIN_KEYS.items():
-            view = self._views[view_name]
+        for view in self._views.values():
+            join_keys = definitions.join_keys(view)
             latest = latest_per_entity(snapshots, list(join_keys))
             columns = [*join_keys, *(f.name for f in view.features), F.EVENT_TIMESTAMP]
             rows = online_rows(latest.select(columns), view, join_keys)
@@ -164,7 +153,7 @@ def snapshot_table(rows: pa.Table) -> pa.Table:
     archive and online column."""
     values = unpack(rows.column("record").to_pylist(), EVENT_RECORD)
     values["user_session"] = rows.column("user_session")
-    columns = {f.name: pa.array(values[f.name], f.type) for f in LAKE_SCHEMA}
+    columns = {f.name: pa.array(values[f.name], f.type) for f in events.LAKE_SCHEMA}
     columns[F.SESSION_ID] = columns["user_session"]
     for name in (F.EVENT_TIMESTAMP, *F.SESSION_FEATURE_NAMES, *F.SESSION_PRODUCT_FEATURE_NAMES):
         columns[name] = rows.column(name)
@@ -185,38 +174,4 @@ def quarantine_table(invalid: pa.Table, late: pa.Table) -> pa.Table:
         late_values[events.DETAIL] = ["event time older than the watermark"] * late.num_rows
         parts.append(late_values)
     return pa.table({f.name: pa.array([v for part in parts for v in part[f.name]], f.type)
-                     for f in QUARANTINE_SCHEMA})
-
-
-def online_rows(table: pa.Table, view: Any, join_keys: dict[str, ValueType]) -> list[tuple]:
-    """What Feast's own `_convert_arrow_to_proto` returns for `table`, built with the same
-    Feast conversion but once per distinct value of a column rather than once per value:
-    profiling put 70% of the sink's time in that conversion, and counts, flags, hours and
-    event types repeat a lot. A test checks the two give byte-identical protos."""
-    batch = table.combine_chunks().to_batches()[0]
-    columns = [(f.name, f.dtype.to_value_type()) for f in view.features] + list(join_keys.items())
-    protos = {name: _distinct_proto_values(batch.column(name).to_numpy(zero_copy_only=False),
-                                           value_type) for name, value_type in columns}
-    names = [f.name for f in view.features]
-    features = [dict(zip(names, values, strict=True))
-                for values in zip(*(protos[n] for n in names), strict=True)]
-    timestamps = [_coerce_datetime(value) for value in pd.to_datetime(
-        batch.column(view.batch_source.timestamp_field).to_numpy(zero_copy_only=False))]
-    keys = _build_entity_keys(batch.num_rows, join_keys, protos)
-    return list(zip(keys, features, timestamps, [None] * batch.num_rows, strict=True))
-
-
-def _distinct_proto_values(values: np.ndarray, value_type: ValueType) -> list:
-    codes = pd.factorize(values)[0]  # nulls (None, NaN, NaT) share code -1
-    distinct, first = np.unique(codes, return_index=True)
-    converted = python_values_to_proto_values(values[first], value_type)
-    by_code = dict(zip(distinct.tolist(), converted, strict=True))
-    return [by_code[code] for code in codes.tolist()]
-
-
-def latest_per_entity(table: pa.Table, keys: list[str]) -> pa.Table:
-    """The row with the latest snapshot time for each entity key."""
-    frame = table.select([*keys, F.EVENT_TIMESTAMP]).to_pandas()
-    frame["_row"] = np.arange(len(frame))
-    latest = frame.sort_values(F.EVENT_TIMESTAMP, kind="stable").drop_duplicates(keys, keep="last")
-    return table.take(pa.array(np.sort(latest["_row"].to_numpy())))
+                     for f in events.QUARANTINE_SCHEMA})

@@ -8,10 +8,11 @@ import pyarrow as pa
 from feast.utils import _convert_arrow_to_proto
 
 from feature_repo import definitions
+from feature_repo.online import online_rows
 from propensity import events
 from propensity import features as F
 from propensity.settings import Settings
-from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS, online_rows
+from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
 from tests.test_streaming import COSMETICS
 
 

@@ -1,0 +1,139 @@
+"""The batch run: import files (optional), compute the user and product snapshots of a day or
+a range of days in one pass over the lake, validate them, publish them.
+
+`propensity batch ...` runs it; so does spark-submit on EMR (`spark-submit batch/job.py ...`
+with PROPENSITY_SPARK_MASTER empty), with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import feature_repo
+from batch import aggregates, checks, lake, publish
+from batch.importer import ImportSummary, import_file
+from propensity import features as F
+from propensity.settings import Settings
+from propensity.spark import spark_session
+
+log = logging.getLogger("propensity.batch")
+
+
+class BatchError(RuntimeError):
+    """The run cannot start (say, an empty lake or a bad date range)."""
+
+
+@dataclass
+class BatchSummary:
+    first_day: str = ""
+    last_day: str = ""
+    imports: list[ImportSummary] = field(default_factory=list)
+    events: int = 0  # distinct events up to the last day
+    rows: dict[str, int] = field(default_factory=dict)  # offline rows per view
+    online: dict[str, int] = field(default_factory=dict)  # entities written to Redis per view
+    checks: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase
+
+    def format(self) -> str:
+        lines = [f"import {i.file}: read {i.read}, valid {i.valid}, duplicates {i.duplicates},"
+                 f" invalid {sum(i.invalid.values())} {i.invalid or ''}, days {len(i.days)}"
+                 for i in self.imports]
+        lines.append(f"snapshots as of {self.first_day} .. {self.last_day} from "
+                     f"{self.events} distinct events")
+        lines.extend(f"{view}: {self.rows[view]} offline rows, {self.online[view]} entities "
+                     "online" for view in self.rows)
+        lines.append(f"checks: {self.checks}")
+        rates = self.rates()
+        lines.append("time: " + ", ".join(
+            f"{phase} {s:.1f} s" + (f" ({rates[phase]:,} events/s)" if phase in rates else "")
+            for phase, s in self.seconds.items()))
+        return "\n".join(lines)
+
+    def rates(self) -> dict[str, float]:
+        """Events per second of each phase."""
+        imported = sum(i.read for i in self.imports)
+        counts = {"import": imported, "aggregates": self.events, "publish": self.events}
+        return {phase: round(counts[phase] / s) for phase, s in self.seconds.items()
+                if s > 0 and counts.get(phase)}
+
+
+def day_range(args: argparse.Namespace, imported: list[str], lake_days: list[date]
+              ) -> tuple[date, date]:
+    """The run's first and last day from the arguments, the imported days and the lake."""
+    if args.first or args.last:
+        if not (args.first and args.last):
+            raise BatchError("--from and --to go together")
+        first, last = args.first, args.last
+    elif args.as_of:
+        first = last = args.as_of
+    elif imported:
+        first, last = date.fromisoformat(min(imported)), date.fromisoformat(max(imported))
+    elif lake_days:
+        first = last = lake_days[-1]
+    else:
+        raise BatchError("the event lake is empty: import a file or run the streaming job")
+    if first > last:
+        raise BatchError(f"--from {first} is after --to {last}")
+    return first, last
+
+
+def run(settings: Settings, args: argparse.Namespace, spark: Any = None) -> BatchSummary:
+    summary = BatchSummary()
+    started = time.monotonic()
+    for path in args.imports:
+        summary.imports.append(import_file(settings, path))
+    if args.imports:
+        summary.seconds["import"] = time.monotonic() - started
+    imported = sorted({d for i in summary.imports for d in i.days})
+    first, last = day_range(args, imported, lake.lake_days(settings))
+    summary.first_day, summary.last_day = str(first), str(last)
+    days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
+
+    started = time.monotonic()
+    spark = spark or spark_session("propensity-batch", settings.spark_master,
+                                   shuffle_partitions=4)
+    events = aggregates.distinct_events(lake.read_events(spark, settings, until=last), last)
+    events = events.persist()
+    totals = aggregates.input_totals(events)
+    summary.events = int(events.count())
+    views: dict[str, tuple[str, Any, Any]] = {}
+    for view, key, snapshots in (
+            (F.USER_VIEW, F.USER_ID, aggregates.user_snapshots(events)),
+            (F.PRODUCT_VIEW, F.PRODUCT_ID, aggregates.product_snapshots(events))):
+        snapshots = snapshots.persist()
+        views[view] = (key, aggregates.in_days(snapshots, first, last).toArrow(),
+                       aggregates.latest(snapshots, key, last).toArrow())
+        snapshots.unpersist()
+    events.unpersist()
+    summary.seconds["aggregates"] = time.monotonic() - started
+
+    report = checks.validate({view: (key, rows.to_pandas(), latest.to_pandas())
+                              for view, (key, rows, latest) in views.items()}, totals)
+    summary.checks = report.render()
+    if not report.ok:
+        raise checks.ValidationError(report)
+
+    started = time.monotonic()
+    store = feature_repo.apply(settings)
+    for view, (_, rows, latest) in views.items():
+        summary.rows[view] = publish.write_offline(settings, view, rows, days)
+        summary.online[view] = publish.write_online(settings, store, view, latest, last)
+    summary.seconds["publish"] = time.monotonic() - started
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The spark-submit entry point (EMR step): the same arguments as `propensity batch`."""
+    from propensity.cli import main as cli_main
+
+    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
