@@ -23,7 +23,8 @@ FORMAT = "propensity_lake"
 # What the batch reads of each event (the lake holds the whole contract plus arrival time).
 COLUMNS = ("event_time", "event_type", "product_id", "category_id", "category_code", "price",
            "user_id", "user_session", "event_id")
-SCHEMA = pa.schema([events.EVENT_SCHEMA.field(name) for name in COLUMNS])
+# Nullable throughout: the schema Spark declares for a Python data source.
+SCHEMA = pa.schema([events.EVENT_SCHEMA.field(name).with_nullable(True) for name in COLUMNS])
 
 
 def _ddl(schema: pa.Schema) -> str:

@@ -102,6 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     _batch_arguments(batch)
     batch.set_defaults(handler=_batch)
 
+    dataset = commands.add_parser(
+        "dataset", help="a point-in-time training set: points, labels, features through Feast")
+    source = dataset.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", type=Path, metavar="FILE",
+                        help="REES46 file whose events are the points (imported and batched "
+                             "with --history first)")
+    source.add_argument("--lake", action="store_true",
+                        help="points from the streamed sessions in the lake")
+    dataset.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+                         help="earlier REES46 file for the user and product features "
+                              "(repeatable; with --events)")
+    dataset.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    dataset.add_argument("--json", action="store_true", help="print the summary as JSON")
+    dataset.set_defaults(handler=_dataset)
+
     bench = commands.add_parser("bench", help="benchmarks that print their figures")
     benches = bench.add_subparsers(required=True, metavar="WHAT")
     bench_stream = benches.add_parser(
@@ -147,6 +162,15 @@ def _batch(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(summary)))
     else:
         print(summary.format())
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    from training.dataset import build
+
+    _log_to_stderr()
+    summary = build(Settings(), args)
+    print(json.dumps(asdict(summary)) if args.json else summary.format())
     return 0
 
 

@@ -279,7 +279,8 @@ def snapshots(events: pd.DataFrame, timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
 
     `events`: valid events in the contract's typed frame, in arrival order; repeated events
     are counted once. One row per counted event: the session id, user id, product id,
-    event id, event time, snapshot time and every session and session-product feature.
+    event id and type, event time, snapshot time and every session and session-product
+    feature.
     """
     ordered = processing_order(events)
     timeout_us = int(timeout_s * 1e6)
@@ -294,13 +295,14 @@ def snapshots(events: pd.DataFrame, timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
         session = tuples[start:end]
         for acc, position, snapshot_us in fold_session(None, session, timeout_us):
             event = session[position]
-            rows.append((sessions[start], acc.user_id, event[2], event[7], event[0],
+            rows.append((sessions[start], acc.user_id, event[2], event[7], event[1], event[0],
                          snapshot_us, *acc.session_values(), *acc.product_values(event[2])))
         start = end
     return snapshot_frame(rows)
 
 
-SNAPSHOT_COLUMNS = (SESSION_ID, USER_ID, PRODUCT_ID, "event_id", "event_time", EVENT_TIMESTAMP,
+SNAPSHOT_COLUMNS = (SESSION_ID, USER_ID, PRODUCT_ID, "event_id", "event_type", "event_time",
+                    EVENT_TIMESTAMP,
                     *SESSION_FEATURE_NAMES, *SESSION_PRODUCT_FEATURE_NAMES)
 
 

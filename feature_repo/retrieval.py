@@ -1,0 +1,66 @@
+"""Point-in-time retrieval through Feast's offline store (dask), one feature view at a time.
+
+Feast 0.67's dask store has two defects that lose training rows silently, so every call goes
+through `historical_features`:
+- an entity row whose feature rows all lie after its timestamp (a user whose first snapshot
+  is later) disappears from the result, with its features from every other view;
+- entity rows sharing join keys and timestamp collapse into one (feast-dev/feast#6787).
+Retrieving each view for the distinct (join keys, timestamp) pairs and merging the result
+back onto every row keeps them all, with nulls where a view has nothing as of that time.
+Also, with more than one partition dask cannot sort a joined frame that holds a null
+timestamp (an entity without any row), so each source is read as one partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pandas as pd
+from feast import FeatureStore
+from feast.infra.offline_stores import dask as feast_dask
+
+from feature_repo.definitions import join_keys
+from propensity import features as F
+
+
+@contextmanager
+def _one_partition_sources() -> Iterator[None]:
+    original = feast_dask._read_datasource
+
+    def read(source, repo_path):
+        return original(source, repo_path).repartition(npartitions=1)
+
+    feast_dask._read_datasource = read
+    try:
+        yield
+    finally:
+        feast_dask._read_datasource = original
+
+
+def historical_features(store: FeatureStore, points: pd.DataFrame, service: str = F.MODEL_SERVICE
+                        ) -> pd.DataFrame:
+    """`points` (the join keys of every view in the service and `event_timestamp`) with every
+    feature of the service as of each point's timestamp, inclusive; row order kept."""
+    result = points.copy()
+    result[F.EVENT_TIMESTAMP] = _utc_ns(result[F.EVENT_TIMESTAMP])
+    feature_service = store.get_feature_service(service)
+    with _one_partition_sources():
+        for projection in feature_service.feature_view_projections:
+            view = store.get_feature_view(projection.name)
+            keys = [*join_keys(view), F.EVENT_TIMESTAMP]
+            entities = result[keys].dropna().drop_duplicates().reset_index(drop=True)
+            names = [feature.name for feature in projection.features]
+            if entities.empty:
+                found = pd.DataFrame(columns=[*keys, *names])
+            else:
+                found = store.get_historical_features(
+                    entity_df=entities, features=[f"{view.name}:{name}" for name in names],
+                ).to_df()[[*keys, *names]]
+            found[F.EVENT_TIMESTAMP] = _utc_ns(found[F.EVENT_TIMESTAMP])
+            result = result.merge(found, on=keys, how="left", validate="many_to_one")
+    return result
+
+
+def _utc_ns(values: pd.Series) -> pd.Series:
+    return pd.to_datetime(values, utc=True).astype("datetime64[ns, UTC]")

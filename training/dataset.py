@@ -1,0 +1,154 @@
+"""Point-in-time training sets: prediction points, labels and every feature of the model's
+feature service as of each point, joined through Feast's historical retrieval.
+
+A prediction point is a valid, de-duplicated event of a session before the session's first
+purchase; its timestamp is that event's snapshot time, so the join sees the features as of the
+event, inclusive, and nothing later; the label is 1 when the session has a purchase.
+
+Two sources of points:
+- a REES46 file: its events go through the event contract and the streaming job's own fold
+  (`features.snapshots`) into a session archive of the training set's own, and into the lake
+  (with any history files) for the daily batch, which runs over their days first;
+- the lake: the streaming job's session archive and event lake, as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import feature_repo
+from feature_repo import definitions
+from feature_repo.retrieval import historical_features
+from propensity import aws, events
+from propensity import features as F
+from propensity.settings import Settings
+
+LABEL = "label"
+POINT_COLUMNS = (F.SESSION_ID, F.USER_ID, F.PRODUCT_ID, "event_id", "event_type",
+                 "event_time", F.EVENT_TIMESTAMP)
+
+
+@dataclass
+class DatasetSummary:
+    points: int = 0
+    sessions: int = 0
+    positive_sessions: int = 0
+    positive_points: int = 0
+    invalid: dict[str, int] = field(default_factory=dict)
+    out: str = ""
+
+    def format(self) -> str:
+        rate = self.positive_points / self.points if self.points else 0.0
+        return (f"{self.points} points from {self.sessions} sessions "
+                f"({self.positive_sessions} with a purchase); positive rate {rate:.3f}; "
+                f"invalid rows {sum(self.invalid.values())} {self.invalid or ''} -> {self.out}")
+
+
+def read_valid_events(path: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+    """A REES46 file's valid events (contract typed) and its invalid rows by reason."""
+    valid, reasons = [], {}
+    for raw in events.read_csv(path):
+        checked = events.validate(raw)
+        valid.append(checked.valid)
+        for reason, n in checked.reason_counts().items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return pd.concat(valid, ignore_index=True), reasons
+
+
+def prediction_points(snapshots: pd.DataFrame) -> pd.DataFrame:
+    """From per-event snapshots (POINT_COLUMNS at least): the events before their session's
+    first purchase, labelled with whether the session has one."""
+    ordered = snapshots.sort_values([F.SESSION_ID, F.EVENT_TIMESTAMP], kind="stable")
+    is_purchase = (ordered["event_type"] == "purchase").to_numpy()
+    purchases_so_far = pd.Series(is_purchase, index=ordered.index).groupby(
+        ordered[F.SESSION_ID]).cumsum()
+    has_purchase = pd.Series(is_purchase, index=ordered.index).groupby(
+        ordered[F.SESSION_ID]).transform("any")
+    before_first = (purchases_so_far == 0).to_numpy()
+    points = ordered.loc[before_first, list(POINT_COLUMNS)].copy()
+    points[LABEL] = has_purchase[before_first].astype(np.int8).to_numpy()
+    return points.reset_index(drop=True)
+
+
+def _write_archive(snapshots: pd.DataFrame, folder: Path) -> None:
+    """The session views' offline rows, as the streaming job archives them."""
+    from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
+
+    for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
+                          (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+        (folder / view).mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
+        pq.write_table(table, folder / view / "part-0.parquet")
+
+
+def with_request_time_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """Adds the features derived from stored times at each point's moment."""
+    now = frame[F.EVENT_TIMESTAMP].dt.tz_convert(None).to_numpy("datetime64[us]")
+
+    def times(column: str) -> np.ndarray:
+        return pd.to_datetime(frame[column], utc=True).dt.tz_convert(None).to_numpy(
+            "datetime64[us]")
+
+    derived = F.request_time_features(times(F.LAST_PURCHASE_AT.name),
+                                      times("last_product_view_at"), now)
+    return frame.assign(**derived)
+
+
+def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.DataFrame, dict]:
+    """Points with features for a REES46 file (its days must be in the batch's snapshots)."""
+    valid, invalid = read_valid_events(path)
+    snapshots = F.snapshots(valid, settings.session_timeout_s)
+    archive = work / "archive"
+    _write_archive(snapshots, archive)
+    # A Feast registry of the training set's own: the session views read `archive`, the user
+    # and product views the batch's offline store.
+    local = settings.model_copy(update={"feast_registry": str(work / "registry.db")})
+    store = feature_repo.store(local)
+    store.apply(definitions.build(local, session_archive=str(archive)))
+    return historical_features(store, prediction_points(snapshots)), invalid
+
+
+def from_lake(settings: Settings) -> pd.DataFrame:
+    """Points with features for the streamed sessions in the lake and the session archive."""
+    archive = aws.read_parquet(settings, definitions.archive_path(settings, F.SESSION_VIEW))
+    lake = aws.read_parquet(settings, settings.events_uri)
+    if archive is None or lake is None:
+        raise FileNotFoundError("no session archive or event lake yet: run the streaming job")
+    snapshots = archive.select([F.SESSION_ID, F.USER_ID, "event_id", "event_time",
+                                F.EVENT_TIMESTAMP]).to_pandas()
+    kinds = (lake.select(["event_id", "event_type", F.PRODUCT_ID]).to_pandas()
+             .drop_duplicates("event_id"))
+    snapshots = snapshots.drop_duplicates("event_id").merge(kinds, on="event_id",
+                                                            validate="one_to_one")
+    return historical_features(feature_repo.apply(settings), prediction_points(snapshots))
+
+
+def build(settings: Settings, args: argparse.Namespace) -> DatasetSummary:
+    """`propensity dataset`: run the batch over the history and events files' days when
+    files are given, build the points and their features, write them to --out (Parquet)."""
+    summary = DatasetSummary(out=str(args.out))
+    if args.events:
+        from batch.job import run as run_batch
+
+        run_batch(settings, argparse.Namespace(
+            imports=[*args.history, args.events], as_of=None, first=None, last=None))
+        with tempfile.TemporaryDirectory(prefix="propensity-dataset-") as work:
+            frame, summary.invalid = from_file(settings, args.events, Path(work))
+    else:
+        frame = from_lake(settings)
+    frame = with_request_time_features(frame)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(args.out, index=False)
+    summary.points = len(frame)
+    summary.sessions = frame[F.SESSION_ID].nunique()
+    summary.positive_points = int(frame[LABEL].sum())
+    summary.positive_sessions = int(frame.groupby(F.SESSION_ID)[LABEL].max().sum())
+    return summary
