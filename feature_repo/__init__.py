@@ -35,6 +35,12 @@ def repo_config(settings: Settings, key_ttl_s: int | None = None) -> RepoConfig:
 
 
 def store(settings: Settings) -> FeatureStore:
+    """The FeatureStore for the settings. Feast's offline store reads S3 through s3fs, which
+    takes credentials and region only from the environment: the settings' AWS values are
+    exported there (the endpoint travels in each source's s3_endpoint_override)."""
+    for name, value in settings.to_env().items():
+        if name.startswith("AWS_"):
+            os.environ[name] = value
     if "://" not in settings.feast_registry:
         Path(settings.feast_registry).parent.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(REPO), config=repo_config(settings))

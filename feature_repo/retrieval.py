@@ -38,19 +38,22 @@ def _one_partition_sources() -> Iterator[None]:
         feast_dask._read_datasource = original
 
 
-def historical_features(store: FeatureStore, points: pd.DataFrame, service: str = F.MODEL_SERVICE
-                        ) -> pd.DataFrame:
-    """`points` (the join keys of every view in the service and `event_timestamp`) with every
-    feature of the service as of each point's timestamp, inclusive; row order kept."""
+def historical_features(store: FeatureStore, points: pd.DataFrame,
+                        views: list[str] | None = None) -> pd.DataFrame:
+    """`points` (`event_timestamp` and the join keys of the views) with every feature of the
+    views (default: those of the model's feature service) as of each point's timestamp,
+    inclusive; row order kept."""
     result = points.copy()
     result[F.EVENT_TIMESTAMP] = _utc_ns(result[F.EVENT_TIMESTAMP])
-    feature_service = store.get_feature_service(service)
+    if views is None:
+        service = store.get_feature_service(F.MODEL_SERVICE)
+        views = [projection.name for projection in service.feature_view_projections]
     with _one_partition_sources():
-        for projection in feature_service.feature_view_projections:
-            view = store.get_feature_view(projection.name)
+        for name in views:
+            view = store.get_feature_view(name)
             keys = [*join_keys(view), F.EVENT_TIMESTAMP]
             entities = result[keys].dropna().drop_duplicates().reset_index(drop=True)
-            names = [feature.name for feature in projection.features]
+            names = [feature.name for feature in view.features]
             if entities.empty:
                 found = pd.DataFrame(columns=[*keys, *names])
             else:
