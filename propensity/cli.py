@@ -131,6 +131,15 @@ def _parser() -> argparse.ArgumentParser:
                               help="REES46 file whose sessions the traffic resamples")
     bench_stream.set_defaults(handler=_bench_stream)
 
+    bench_batch = benches.add_parser(
+        "batch", help="the daily batch and training-set build on generated events")
+    bench_batch.add_argument("--events", type=int, default=1_000_000, metavar="N",
+                             help="generated events in all (default 1,000,000)")
+    bench_batch.add_argument("--days", type=int, default=30, help="days they span")
+    bench_batch.add_argument("--shape", type=Path, default=SAMPLE,
+                             help="REES46 file whose sessions the events resample")
+    bench_batch.set_defaults(handler=_bench_batch)
+
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
     demo.add_argument("--keep-running", action="store_true",
@@ -280,6 +289,14 @@ def _bench_stream(args: argparse.Namespace) -> int:
     result = run_stream_bench(Settings(), args.rate, args.duration, args.shape,
                               args.events_per_record, args.trigger, args.warmup)
     print(result.format())
+    return 0
+
+
+def _bench_batch(args: argparse.Namespace) -> int:
+    from propensity.bench.batch import run_batch_bench
+
+    _log_to_stderr()
+    print(run_batch_bench(Settings(), args.events, args.days, args.shape).format())
     return 0
 
 

@@ -54,15 +54,19 @@ class TrafficModel:
         return float(self.lengths.mean())
 
     def frames(self, start_s: float, rate: float, duration_s: float, seed: int = 0,
-               chunk_s: float = 1.0, warmup_s: float = 3600.0) -> Iterator[pd.DataFrame]:
+               chunk_s: float = 1.0, warmup_s: float = 3600.0,
+               sessions_per_user: float = 1.0) -> Iterator[pd.DataFrame]:
         """About `rate` events/s in [start_s, start_s + duration_s), as the contract's typed
-        valid-event frames in time order, one per `chunk_s` of event time."""
+        valid-event frames in time order, one per `chunk_s` of event time. Each session gets
+        a user drawn from a pool of sessions / `sessions_per_user` (returning shoppers)."""
         rng = np.random.default_rng(seed)
         span = duration_s + warmup_s
         sessions = rng.poisson(rate / self.mean_session_length * span)
         session_start = start_s - warmup_s + rng.random(sessions) * span
         template = rng.integers(0, len(self.lengths), sessions)
-        users = rng.integers(10**9, 2 * 10**9, sessions)
+        pool = max(1, int(sessions / sessions_per_user))
+        users = 10**9 + rng.choice(10**9, size=pool, replace=False)[rng.integers(0, pool,
+                                                                               sessions)]
         # One row per generated event: which session, which template event.
         counts = self.lengths[template]
         session_of = np.repeat(np.arange(sessions), counts)
