@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
+from batch.job import run as run_batch
 from propensity import features as F
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
+from streaming.job import StreamOptions
+from streaming.job import run as run_stream
 from tests.test_batch import OCTOBER, distinct_events
+from tests.test_streaming import send
 from training.dataset import LABEL, build
 
 NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
@@ -40,15 +45,15 @@ def _row(time: str, event_type: str, product: int, price: float, user: int, sess
             str(user), session]
 
 
-def test_no_feature_from_after_a_point_and_no_purchase_leaks(
-        stack: Settings, spark: SparkSession, tmp_path: Path) -> None:
-    settings = isolated(stack, tmp_path)
-    history = write_csv(tmp_path / "day1.csv", [
+def hand_made(folder: Path) -> tuple[Path, Path]:
+    """Day 1: user 7 buys in session A. Day 2: user 7 views, carts and buys in session B (with
+    a tie, a repeat and an event after the purchase); new user 8 only views, in session C."""
+    history = write_csv(folder / "day1.csv", [
         _row("1 10:00:00", "view", 1, 10.0, 7, "A"),
         _row("1 10:01:00", "cart", 1, 10.0, 7, "A"),
         _row("1 10:02:00", "purchase", 1, 10.0, 7, "A"),
     ])
-    day2 = write_csv(tmp_path / "day2.csv", [
+    day2 = write_csv(folder / "day2.csv", [
         _row("2 09:00:00", "view", 2, 20.0, 7, "B"),
         _row("2 09:00:00", "view", 3, 30.0, 7, "B"),  # same second: still its own point
         _row("2 09:00:00", "view", 3, 30.0, 7, "B"),  # a repeat: counted once, no point
@@ -57,6 +62,13 @@ def test_no_feature_from_after_a_point_and_no_purchase_leaks(
         _row("2 09:03:00", "view", 3, 30.0, 7, "B"),  # after the purchase: no point
         _row("2 09:30:00", "view", 2, 20.0, 8, "C"),
     ])
+    return history, day2
+
+
+def test_no_feature_from_after_a_point_and_no_purchase_leaks(
+        stack: Settings, spark: SparkSession, tmp_path: Path) -> None:
+    settings = isolated(stack, tmp_path)
+    history, day2 = hand_made(tmp_path)
     points = dataset(settings, tmp_path / "set.parquet", day2, history)
 
     by_session = points.groupby(F.SESSION_ID)
@@ -84,6 +96,30 @@ def test_no_feature_from_after_a_point_and_no_purchase_leaks(
     for column in (F.LAST_PURCHASE_AT.name, "last_product_view_at"):
         known = points[column].notna()
         assert (points.loc[known, column] <= points.loc[known, F.EVENT_TIMESTAMP]).all()
+
+
+def test_streamed_sessions_give_the_same_training_set_as_the_file(
+        stack: Settings, spark: SparkSession, tmp_path: Path) -> None:
+    """--lake (the streaming job's archive and lake, then the batch) equals --events FILE."""
+    history, day2 = hand_made(tmp_path)
+    from_file = dataset(isolated(stack, tmp_path / "file"), tmp_path / "file.parquet", day2,
+                        history)
+
+    settings = isolated(stack, tmp_path / "lake")
+    for path in (history, day2):
+        send(settings, path)
+    run_stream(settings, StreamOptions(until_idle=True), spark)
+    run_batch(settings, argparse.Namespace(imports=[], first=date(2019, 10, 1),
+                                           last=date(2019, 10, 2), as_of=None), spark)
+    build(settings, argparse.Namespace(events=None, history=[], lake=True,
+                                       out=tmp_path / "lake.parquet"))
+    from_lake = pd.read_parquet(tmp_path / "lake.parquet")
+    assert set(from_lake[F.SESSION_ID]) == {"A", "B", "C"}
+    streamed = from_lake[from_lake[F.SESSION_ID] != "A"]
+    key = [F.SESSION_ID, F.EVENT_TIMESTAMP]
+    pd.testing.assert_frame_equal(
+        streamed.sort_values(key).reset_index(drop=True)[from_file.columns],
+        from_file.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
 def test_november_with_october_as_history(stack: Settings, spark: SparkSession,
