@@ -131,16 +131,16 @@ def test_feast_serves_the_latest_snapshot_online_and_offline(
                 F.USER_FEATURES)
 
 
-def test_feast_materialize_incremental_continues_from_the_batch(
+def test_feast_cli_apply_and_materialize_incremental_continue_from_the_batch(
         october: tuple[Settings, BatchSummary]) -> None:
     settings, _ = october
     env = {**os.environ, **settings.to_env()}
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "feast"), "-c", str(feature_repo.REPO),
-         "materialize-incremental", "2019-11-01T00:00:00", "--views", F.USER_VIEW,
-         "--views", F.PRODUCT_VIEW],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    feast = [str(Path(sys.executable).parent / "feast"), "-c", str(feature_repo.REPO)]
+    for command in (["apply"], ["materialize-incremental", "2019-11-01T00:00:00", "--views",
+                                F.USER_VIEW, "--views", F.PRODUCT_VIEW]):
+        done = subprocess.run([*feast, *command], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_rerun_rewrites_the_same_rows(october: tuple[Settings, BatchSummary],
