@@ -7,5 +7,5 @@ publishes them to Feast's offline store (S3 Parquet) and online store (Redis).
 - aggregates.py  the user and product features, as of the end of each day (Spark)
 - checks.py      validation of computed features before anything is published
 - publish.py     offline Parquet per date, the latest snapshot to Redis
-- job.py         the whole run; also the spark-submit entry point
+- job.py         the whole run; also the spark-submit entry point (errors.py: its errors)
 """

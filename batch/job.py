@@ -17,16 +17,13 @@ from typing import Any
 
 import feature_repo
 from batch import aggregates, checks, lake, publish
+from batch.errors import BatchError
 from batch.importer import ImportSummary, import_file
 from propensity import features as F
 from propensity.settings import Settings
 from propensity.spark import spark_session
 
 log = logging.getLogger("propensity.batch")
-
-
-class BatchError(RuntimeError):
-    """The run cannot start (say, an empty lake or a bad date range)."""
 
 
 @dataclass

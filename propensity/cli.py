@@ -43,7 +43,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from batch.checks import ValidationError
-    from batch.job import BatchError
+    from batch.errors import BatchError
     from propensity.events import ContractError
     from propensity.kinesis import KinesisPutError
     from propensity.stack import StackError

@@ -17,7 +17,8 @@ from pyspark.sql import SparkSession
 
 import feature_repo
 from batch import aggregates, checks
-from batch.job import BatchError, BatchSummary, day_range, run
+from batch.errors import BatchError
+from batch.job import BatchSummary, day_range, run
 from feature_repo.definitions import archive_path
 from feature_repo.retrieval import historical_features
 from propensity import aws, events
