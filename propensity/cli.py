@@ -254,6 +254,8 @@ def _replay(args: argparse.Namespace) -> int:
     from propensity.kinesis import KinesisWriter, ShardMap, list_shards
     from propensity.replay import replay
 
+    if not args.file.is_file():  # before any client or progress bar
+        raise FileNotFoundError(f"no such file: {args.file}")
     settings = Settings()
     kinesis = aws.client("kinesis", settings)
     summary = replay(
