@@ -50,8 +50,7 @@ def stream_and_check(settings: Settings, file: Path) -> bool:
     started = time.monotonic()
     run(settings, StreamOptions(until_idle=True))
     print(f"      processed in {time.monotonic() - started:.1f} s (Spark start included)")
-    valid = pd.concat([events.validate(raw).valid for raw in events.read_csv(file)],
-                      ignore_index=True)
+    valid = events.validate_file(file).valid
     expected = F.snapshots(valid, settings.session_timeout_s)
     latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
     served = feature_repo.store(settings).get_online_features(

@@ -34,8 +34,7 @@ class TrafficModel:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrafficModel:
-        valid = pd.concat([events.validate(raw).valid for raw in events.read_csv(path)],
-                          ignore_index=True)
+        valid = events.validate_file(path).valid
         valid = valid.drop_duplicates("event_id").sort_values(
             ["user_session", "event_time"], kind="stable").reset_index(drop=True)
         times = valid["event_time"].astype("datetime64[us, UTC]").astype(np.int64) / 1e6

@@ -54,9 +54,7 @@ def october(stack: Settings, spark: SparkSession, tmp_path_factory: pytest.TempP
 
 
 def distinct_events(path: Path) -> pd.DataFrame:
-    valid = pd.concat([events.validate(raw).valid for raw in events.read_csv(path)],
-                      ignore_index=True)
-    return valid.drop_duplicates("event_id")
+    return events.validate_file(path).valid.drop_duplicates("event_id")
 
 
 def offline_as_of(settings: Settings, view: str, key: str, day: date) -> pd.DataFrame:

@@ -28,8 +28,7 @@ def _replay(settings: Settings, path: Path, kinesis=None, **options):
 
 
 def _expected(path: Path) -> pd.DataFrame:
-    return pd.concat([events.validate(raw).valid for raw in events.read_csv(path)],
-                     ignore_index=True)
+    return events.validate_file(path).valid
 
 
 @pytest.mark.parametrize("events_per_record", [1, 7])

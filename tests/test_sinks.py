@@ -17,8 +17,7 @@ from tests.test_streaming import COSMETICS
 
 
 def _snapshots() -> pd.DataFrame:
-    valid = pd.concat([events.validate(raw).valid for raw in events.read_csv(COSMETICS)],
-                      ignore_index=True)
+    valid = events.validate_file(COSMETICS).valid
     rng = np.random.default_rng(1)
     valid["device_type"] = np.where(rng.random(len(valid)) < 0.5, "mobile", None)
     return F.snapshots(valid)

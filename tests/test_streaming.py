@@ -65,8 +65,7 @@ def archive(settings: Settings, view: str) -> pd.DataFrame:
 
 
 def valid_events(path: Path) -> pd.DataFrame:
-    return pd.concat([events.validate(raw).valid for raw in events.read_csv(path)],
-                     ignore_index=True)
+    return events.validate_file(path).valid
 
 
 def online(settings: Settings, view: str, names: tuple[str, ...], rows: list[dict]

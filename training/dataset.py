@@ -52,17 +52,6 @@ class DatasetSummary:
                 f"invalid rows {sum(self.invalid.values())} {self.invalid or ''} -> {self.out}")
 
 
-def read_valid_events(path: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
-    """A REES46 file's valid events (contract typed) and its invalid rows by reason."""
-    valid, reasons = [], {}
-    for raw in events.read_csv(path):
-        checked = events.validate(raw)
-        valid.append(checked.valid)
-        for reason, n in checked.reason_counts().items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    return pd.concat(valid, ignore_index=True), reasons
-
-
 def prediction_points(snapshots: pd.DataFrame) -> pd.DataFrame:
     """From per-event snapshots (POINT_COLUMNS at least): the events before their session's
     first purchase, labelled with whether the session has one."""
@@ -104,8 +93,8 @@ def with_request_time_features(frame: pd.DataFrame) -> pd.DataFrame:
 
 def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.DataFrame, dict]:
     """Points with features for a REES46 file (its days must be in the batch's snapshots)."""
-    valid, invalid = read_valid_events(path)
-    snapshots = F.snapshots(valid, settings.session_timeout_s)
+    checked = events.validate_file(path)
+    snapshots = F.snapshots(checked.valid, settings.session_timeout_s)
     archive = work / "archive"
     _write_archive(snapshots, archive)
     # A Feast registry of the training set's own: the session views read `archive`, the user
@@ -113,7 +102,8 @@ def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.Data
     local = settings.model_copy(update={"feast_registry": str(work / "registry.db")})
     store = feature_repo.store(local)
     store.apply(definitions.build(local, session_archive=str(archive)))
-    return historical_features(store, prediction_points(snapshots)), invalid
+    return historical_features(store, prediction_points(snapshots)), dict(
+        checked.reason_counts())
 
 
 def from_lake(settings: Settings) -> pd.DataFrame:
