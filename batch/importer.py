@@ -70,9 +70,9 @@ def import_file(settings: Settings, path: str | Path) -> ImportSummary:
         summary.valid = valid.num_rows
         valid = _first_of_each_identity(valid)
         summary.duplicates = summary.valid - valid.num_rows
-        valid = valid.append_column(
-            "arrival_time", pa.array([arrival] * valid.num_rows, events.LAKE_SCHEMA.field(
-                "arrival_time").type))
+        valid = valid.append_column(events.LAKE_SCHEMA.field(events.ARRIVAL_TIME),
+                                    pa.array([arrival] * valid.num_rows,
+                                             events.LAKE_SCHEMA.field(events.ARRIVAL_TIME).type))
         dates = pc.strftime(valid.column("event_time"), format="%Y-%m-%d")
         summary.days = sorted(pc.unique(dates).to_pylist())
         for day in summary.days:
@@ -81,13 +81,11 @@ def import_file(settings: Settings, path: str | Path) -> ImportSummary:
                            filesystem=filesystem)
     if invalid_parts:
         invalid = pd.concat(invalid_parts, ignore_index=True)
-        table = pa.table({
-            events.PAYLOAD: invalid[events.PAYLOAD].astype(str),
-            events.REASON: invalid[events.REASON].astype(str),
-            events.DETAIL: invalid[events.DETAIL].astype(object),
-            "arrival_time": [arrival] * len(invalid),
-        })
-        table = pa.table({f.name: table.column(f.name).cast(f.type) if f.name in table.column_names
+        # No Kinesis position for a file: those columns stay null.
+        given = {events.PAYLOAD: invalid[events.PAYLOAD], events.REASON: invalid[events.REASON],
+                 events.DETAIL: invalid[events.DETAIL],
+                 events.ARRIVAL_TIME: [arrival] * len(invalid)}
+        table = pa.table({f.name: pa.array(given[f.name], f.type) if f.name in given
                           else pa.nulls(len(invalid), f.type) for f in events.QUARANTINE_SCHEMA})
         pq.write_table(table, f"{aws.s3_key(settings.quarantine_uri)}/"
                               f"date={arrival:%Y-%m-%d}/{name}", filesystem=filesystem)
