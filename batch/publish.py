@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureStore
+from feast.infra.online_stores.redis import RedisOnlineStore
 
 import feature_repo
 from batch.aggregates import DAY, day_number
@@ -44,8 +45,7 @@ def write_online(settings: Settings, store: FeatureStore, view: str, latest: pa.
     """Each entity's latest snapshot into Redis, with the batch TTL."""
     config = feature_repo.repo_config(settings, key_ttl_s=settings.batch_online_ttl_s)
     feature_view = definitions.feature_view(settings, view)
-    written = write_latest(config, feature_view, definitions.join_keys(feature_view),
-                           latest.drop_columns([DAY]))
+    written = write_latest(RedisOnlineStore(), config, feature_view, latest)
     registered = store.get_feature_view(view)
     end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
     start = registered.most_recent_end_time or datetime(1970, 1, 1)

@@ -14,6 +14,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.type_map import python_values_to_proto_values
 from feast.utils import _build_entity_keys, _coerce_datetime
 
+from feature_repo import definitions
 from propensity import features as F
 
 
@@ -54,14 +55,15 @@ def latest_per_entity(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.take(pa.array(np.sort(latest["_row"].to_numpy())))
 
 
-def write_latest(repo_config: Any, view: FeatureView, join_keys: dict[str, ValueType],
-                 table: pa.Table, chunk_rows: int = 50_000) -> int:
-    """Write the latest row per entity of `table` (join keys, features, event_timestamp) to
-    Redis. Feast skips an entity whose stored row is as new or newer, so this is idempotent.
+def write_latest(store: RedisOnlineStore, repo_config: Any, view: FeatureView, table: pa.Table,
+                 chunk_rows: int = 50_000) -> int:
+    """Write the latest row per entity of `table` (join keys, features, event_timestamp, any
+    other columns ignored) to Redis through `store` (it keeps its connection between calls).
+    Feast skips an entity whose stored row is as new or newer, so this is idempotent.
     Returns the rows written."""
+    join_keys = definitions.join_keys(view)
     latest = latest_per_entity(table, list(join_keys))
     columns = [*join_keys, *(f.name for f in view.features), F.EVENT_TIMESTAMP]
-    store = RedisOnlineStore()
     for start in range(0, latest.num_rows, chunk_rows):
         rows = online_rows(latest.slice(start, chunk_rows).select(columns), view, join_keys)
         store.online_write_batch(repo_config, view, rows, None)

@@ -29,7 +29,7 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 
 import feature_repo
 from feature_repo import definitions
-from feature_repo.online import latest_per_entity, online_rows
+from feature_repo.online import write_latest
 from propensity import aws, events
 from propensity import features as F
 from propensity.settings import Settings
@@ -80,6 +80,7 @@ class MicroBatchSink:
                                       table.filter(pc.equal(kinds, LATE)))
         # The writes are independent I/O (S3, Redis): run them side by side.
         writes: list[Callable[[], Any]] = []
+        online_writes: list[Callable[[], int]] = []
         if snapshots.num_rows:
             lake_rows = snapshots.select(events.LAKE_SCHEMA.names)
             writes.append(partial(self._write_parquet, self.settings.events_uri, lake_rows,
@@ -90,8 +91,8 @@ class MicroBatchSink:
                                       definitions.archive_path(self.settings, view),
                                       snapshots.select(list(columns)), F.EVENT_TIMESTAMP,
                                       batch_id))
-            online_writes, report.online_rows = self._online_writes(snapshots)
-            writes.extend(online_writes)
+            online_writes = [partial(write_latest, self._online, self.repo_config, view,
+                                     snapshots) for view in self._views.values()]
             report.events = snapshots.num_rows
             report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
         if quarantine.num_rows:
@@ -99,8 +100,10 @@ class MicroBatchSink:
                                   "arrival_time", batch_id))
             reasons = pc.value_counts(quarantine.column(events.REASON)).to_pylist()
             report.quarantined = {r["values"]: r["counts"] for r in reasons}
+        online = [self._pool.submit(write) for write in online_writes]
         for future in [self._pool.submit(write) for write in writes]:
             future.result()
+        report.online_rows = sum(future.result() for future in online)
         if snapshots.num_rows:
             arrivals = pc.cast(snapshots.column("arrival_time"), pa.int64()).to_numpy() / 1e6
             report.freshness_s = (time.time() - arrivals).tolist()
@@ -132,20 +135,6 @@ class MicroBatchSink:
             self._repo_config = feature_repo.repo_config(
                 self.settings, key_ttl_s=self.settings.online_ttl_s)
         return self._repo_config
-
-    def _online_writes(self, snapshots: pa.Table) -> tuple[list[Callable[[], None]], int]:
-        """The Redis writes of the latest snapshot per entity of each view, and their rows."""
-        writes = []
-        rows_total = 0
-        for view in self._views.values():
-            join_keys = definitions.join_keys(view)
-            latest = latest_per_entity(snapshots, list(join_keys))
-            columns = [*join_keys, *(f.name for f in view.features), F.EVENT_TIMESTAMP]
-            rows = online_rows(latest.select(columns), view, join_keys)
-            rows_total += len(rows)
-            writes.append(partial(self._online.online_write_batch, self.repo_config, view, rows,
-                                  None))
-        return writes, rows_total
 
 
 def snapshot_table(rows: pa.Table) -> pa.Table:
