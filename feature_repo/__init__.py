@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +36,25 @@ def repo_config(settings: Settings, key_ttl_s: int | None = None) -> RepoConfig:
     return config
 
 
+@contextmanager
+def aws_environment(settings: Settings) -> Iterator[None]:
+    """The settings' AWS values in the process environment for the duration of the block:
+    Feast's offline store reads S3 through s3fs, which takes credentials and region only from
+    there (the endpoint travels in each source's s3_endpoint_override)."""
+    given = {k: v for k, v in settings.to_env().items() if k.startswith("AWS_")}
+    before = {name: os.environ.get(name) for name in given}
+    os.environ.update(given)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def store(settings: Settings) -> FeatureStore:
-    """The FeatureStore for the settings. Feast's offline store reads S3 through s3fs, which
-    takes credentials and region only from the environment: the settings' AWS values are
-    exported there (the endpoint travels in each source's s3_endpoint_override)."""
-    for name, value in settings.to_env().items():
-        if name.startswith("AWS_"):
-            os.environ[name] = value
     if "://" not in settings.feast_registry:
         Path(settings.feast_registry).parent.mkdir(parents=True, exist_ok=True)
     return FeatureStore(repo_path=str(REPO), config=repo_config(settings))

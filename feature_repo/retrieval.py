@@ -20,8 +20,10 @@ import pandas as pd
 from feast import FeatureStore
 from feast.infra.offline_stores import dask as feast_dask
 
+from feature_repo import aws_environment
 from feature_repo.definitions import join_keys
 from propensity import features as F
+from propensity.settings import Settings
 
 
 @contextmanager
@@ -38,17 +40,17 @@ def _one_partition_sources() -> Iterator[None]:
         feast_dask._read_datasource = original
 
 
-def historical_features(store: FeatureStore, points: pd.DataFrame,
+def historical_features(store: FeatureStore, settings: Settings, points: pd.DataFrame,
                         views: list[str] | None = None) -> pd.DataFrame:
     """`points` (`event_timestamp` and the join keys of the views) with every feature of the
     views (default: those of the model's feature service) as of each point's timestamp,
-    inclusive; row order kept."""
+    inclusive; row order kept. `settings` give the S3 credentials of the offline sources."""
     result = points.copy()
     result[F.EVENT_TIMESTAMP] = _utc_ns(result[F.EVENT_TIMESTAMP])
     if views is None:
         service = store.get_feature_service(F.MODEL_SERVICE)
         views = [projection.name for projection in service.feature_view_projections]
-    with _one_partition_sources():
+    with _one_partition_sources(), aws_environment(settings):
         for name in views:
             view = store.get_feature_view(name)
             keys = [*join_keys(view), F.EVENT_TIMESTAMP]

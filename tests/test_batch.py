@@ -28,9 +28,9 @@ from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
 from tests import batch_oracle
 
-OCTOBER = Path("/work/shared/data/rees46/cosmetics-2019-10.csv.gz")
-OCTOBER = OCTOBER if OCTOBER.exists() else Path(__file__).resolve().parents[2] / \
-    "shared" / "data" / "rees46" / "cosmetics-2019-10.csv.gz"
+# The shared REES46 slices sit beside the repository (../shared), as they do in CI.
+OCTOBER = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46" / \
+    "cosmetics-2019-10.csv.gz"
 DAYS = (date(2019, 10, 1), date(2019, 10, 15), date(2019, 10, 31))
 
 
@@ -120,11 +120,11 @@ def test_feast_serves_the_latest_snapshot_online_and_offline(
     points = pd.DataFrame({F.USER_ID: users.index.to_numpy(),
                            F.PRODUCT_ID: products.index.to_numpy(),
                            F.EVENT_TIMESTAMP: batch_oracle.snapshot_time(last)})
-    joined = historical_features(store, points, views=[F.USER_VIEW, F.PRODUCT_VIEW])
+    joined = historical_features(store, settings, points, views=[F.USER_VIEW, F.PRODUCT_VIEW])
     assert_same(joined.set_index(F.USER_ID), users, F.USER_FEATURES)
     assert_same(joined.set_index(F.PRODUCT_ID), products, F.PRODUCT_FEATURES)
     earlier = points.assign(**{F.EVENT_TIMESTAMP: points[F.EVENT_TIMESTAMP] - pd.Timedelta("1us")})
-    joined = historical_features(store, earlier, views=[F.USER_VIEW])
+    joined = historical_features(store, settings, earlier, views=[F.USER_VIEW])
     assert_same(joined.set_index(F.USER_ID),
                 batch_oracle.user_features(source, date(2019, 10, 30)).reindex(users.index),
                 F.USER_FEATURES)

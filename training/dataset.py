@@ -102,7 +102,7 @@ def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.Data
     local = settings.model_copy(update={"feast_registry": str(work / "registry.db")})
     store = feature_repo.store(local)
     store.apply(definitions.build(local, session_archive=str(archive)))
-    return historical_features(store, prediction_points(snapshots)), dict(
+    return historical_features(store, local, prediction_points(snapshots)), dict(
         checked.reason_counts())
 
 
@@ -118,7 +118,8 @@ def from_lake(settings: Settings) -> pd.DataFrame:
              .drop_duplicates("event_id"))
     snapshots = snapshots.drop_duplicates("event_id").merge(kinds, on="event_id",
                                                             validate="one_to_one")
-    return historical_features(feature_repo.apply(settings), prediction_points(snapshots))
+    return historical_features(feature_repo.apply(settings), settings,
+                               prediction_points(snapshots))
 
 
 def build(settings: Settings, args: argparse.Namespace) -> DatasetSummary:
