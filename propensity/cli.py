@@ -46,10 +46,12 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from batch.errors import BatchError
     from propensity.events import ContractError
     from propensity.kinesis import KinesisPutError
+    from propensity.model_store import ModelStoreError
     from propensity.stack import StackError
+    from training.dataset import DatasetError
 
     return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
-            ClientError, BatchError, ValidationError)
+            ClientError, BatchError, ValidationError, ModelStoreError, DatasetError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +119,43 @@ def _parser() -> argparse.ArgumentParser:
     dataset.add_argument("--json", action="store_true", help="print the summary as JSON")
     dataset.set_defaults(handler=_dataset)
 
+    train = commands.add_parser(
+        "train", help="train, evaluate, check and register a model (point-in-time sets)")
+    train.add_argument("--train", dest="train_file", type=Path, required=True, metavar="FILE",
+                       help="REES46 file whose sessions the model learns from")
+    train.add_argument("--valid", dest="valid_file", type=Path, required=True, metavar="FILE",
+                       help="later REES46 file for early stopping, calibration and metrics")
+    train.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+                       help="earlier REES46 file for user and product features (repeatable)")
+    train.add_argument("--out", type=Path, help="report folder (default: "
+                       "$PROPENSITY_HOME/training/last)")
+    train.add_argument("--no-register", action="store_true",
+                       help="write the report only, store nothing")
+    train.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a REES46 file's prediction points with a stored model")
+    evaluate.add_argument("--events", type=Path, required=True, metavar="FILE")
+    evaluate.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+                          help="earlier REES46 file for user and product features (repeatable)")
+    evaluate.add_argument("--model", metavar="VERSION", help="stored version (default: latest)")
+    evaluate.add_argument("--predictions-out", type=Path, required=True, metavar="PATH",
+                          help="scores per point: .csv, else Parquet")
+    evaluate.add_argument("--json", action="store_true", help="print only the JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+    model = commands.add_parser("model", help="the model store: versions and `latest`")
+    model_commands = model.add_subparsers(required=True, metavar="ACTION")
+    model_commands.add_parser("list", help="stored versions, newest last").set_defaults(
+        handler=_model_list)
+    promote = model_commands.add_parser("promote", help="move `latest` to a stored version")
+    promote.add_argument("version")
+    promote.set_defaults(handler=_model_promote)
+    model_commands.add_parser(
+        "rollback", help="move `latest` back to the version it replaced"
+    ).set_defaults(handler=_model_rollback)
+
     bench = commands.add_parser("bench", help="benchmarks that print their figures")
     benches = bench.add_subparsers(required=True, metavar="WHAT")
     bench_stream = benches.add_parser(
@@ -180,6 +219,66 @@ def _dataset(args: argparse.Namespace) -> int:
     _log_to_stderr()
     summary = build(Settings(), args)
     print(json.dumps(asdict(summary)) if args.json else summary.format())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    _log_to_stderr()
+    settings = Settings()
+    for path in (args.train_file, args.valid_file, *args.history):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    result = train(settings, args.train_file, args.valid_file, args.history,
+                   args.out or settings.home / "training" / "last",
+                   register=not args.no_register)
+    print(json.dumps(asdict(result), default=str) if args.json else result.format())
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+
+    _log_to_stderr()
+    for path in (args.events, *args.history):
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    result = evaluate(Settings(), args.events, args.history, args.model, args.predictions_out)
+    if not args.json:
+        m = result["metrics"] or {}
+        print(f"model {result['model_version']} on {args.events}: ROC AUC "
+              f"{m.get('roc_auc')} {m.get('roc_auc_ci95')}; predictions in "
+              f"{args.predictions_out}", file=sys.stderr)
+    print(json.dumps(result, default=str))
+    return 0
+
+
+def _model_list(_: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    versions = model_store.list_versions(Settings())
+    if not versions:
+        print("no stored model versions")
+    for v in versions:
+        auc = f"{v.validation_auc:.4f}" if v.validation_auc is not None else "n/a"
+        print(f"{'*' if v.is_latest else ' '} {v.version}  validation AUC {auc}  checks "
+              f"{'passed' if v.checks_passed else 'FAILED'}  {v.trained_on}")
+    return 0
+
+
+def _model_promote(args: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    model_store.promote(Settings(), args.version)
+    print(f"latest -> {args.version}")
+    return 0
+
+
+def _model_rollback(_: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    print(f"latest -> {model_store.rollback(Settings())}")
     return 0
 
 

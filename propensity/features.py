@@ -49,19 +49,27 @@ class Feature:
     name: str
     dtype: str  # int64 | float64 | string | bool | timestamp
     description: str
+    # Domain knowledge the model is held to: +1 when more of it never means less purchase
+    # intent, -1 when it never means more (a LightGBM monotone constraint), 0 when unsure.
+    monotone: int = 0
+    # A money amount: the model's price-noise check perturbs these together.
+    currency: bool = False
 
 
 SESSION_FEATURES: tuple[Feature, ...] = (
-    Feature("event_count", "int64", "events so far"),
+    Feature("event_count", "int64", "events so far", monotone=1),
     Feature("view_count", "int64", "view events"),
-    Feature("add_to_cart_count", "int64", "cart events"),
+    Feature("add_to_cart_count", "int64", "cart events", monotone=1),
     Feature("remove_from_cart_count", "int64", "remove_from_cart events"),
     Feature("purchase_count", "int64", "purchase events"),
     Feature("distinct_products_viewed", "int64", "products viewed at least once"),
-    Feature("distinct_products_carted", "int64", "products added to the cart at least once"),
-    Feature("session_duration_seconds", "float64", "latest minus first event time"),
-    Feature("cart_value", "float64", "price of cart adds minus price of removals"),
-    Feature("avg_viewed_price", "float64", "mean price of viewed items (price level)"),
+    Feature("distinct_products_carted", "int64", "products added to the cart at least once",
+            monotone=1),
+    Feature("session_duration_seconds", "float64", "latest minus first event time", monotone=1),
+    Feature("cart_value", "float64", "price of cart adds minus price of removals",
+            monotone=1, currency=True),
+    Feature("avg_viewed_price", "float64", "mean price of viewed items (price level)",
+            currency=True),
     Feature("hour_of_day", "int64", "UTC hour of the latest event"),
     Feature("is_weekend", "bool", "the latest event falls on a Saturday or Sunday (UTC)"),
     Feature("last_event_type", "string", "type of the latest event"),
@@ -72,16 +80,19 @@ SESSION_PRODUCT_FEATURES: tuple[Feature, ...] = (
     Feature("product_views_in_session", "int64", "views of this product in the session"),
     Feature("last_product_view_at", "timestamp",
             "time of the latest view of this product (the scorer derives time since)"),
-    Feature("product_in_cart", "bool", "added to the cart more often than removed"),
+    Feature("product_in_cart", "bool", "added to the cart more often than removed",
+            monotone=1),
 )
 
 # Daily batch features, as of the end of a day (snapshot time = the next midnight, UTC). An
 # "order" is one session's purchases on one day; a category is category_code, or category_id
 # when the code is empty.
-LIFETIME_PURCHASE_COUNT = Feature("lifetime_purchase_count", "int64", "purchase events so far")
+LIFETIME_PURCHASE_COUNT = Feature("lifetime_purchase_count", "int64", "purchase events so far",
+                                  monotone=1)
 LIFETIME_SESSION_COUNT = Feature("lifetime_session_count", "int64", "sessions so far")
 AVG_ORDER_VALUE_90D = Feature("avg_order_value_90d", "float64",
-                              "mean order value over the last 90 days (None: no order)")
+                              "mean order value over the last 90 days (None: no order)",
+                              currency=True)
 LAST_PURCHASE_AT = Feature("last_purchase_at", "timestamp",
                            "time of the latest purchase (days since it is derived at use)")
 PREFERRED_PRODUCT_CATEGORY = Feature(
@@ -96,7 +107,8 @@ VIEW_COUNT_30D = Feature("view_count_30d", "int64", "views in the last 30 days")
 VIEW_TO_PURCHASE_RATE_30D = Feature("view_to_purchase_rate_30d", "float64",
                                     "purchases per view, last 30 days (None: no view)")
 AVG_PRICE_7D = Feature("avg_price_7d", "float64",
-                       "mean price over the product's events of the last 7 days (None: none)")
+                       "mean price over the product's events of the last 7 days (None: none)",
+                       currency=True)
 PRODUCT_FEATURES: tuple[Feature, ...] = (
     PURCHASE_COUNT_30D, VIEW_COUNT_30D, VIEW_TO_PURCHASE_RATE_30D, AVG_PRICE_7D,
 )
@@ -104,10 +116,10 @@ PRODUCT_FEATURES: tuple[Feature, ...] = (
 # Derived where they are used, from a stored time and the moment of use (the prediction
 # point in training, the request in serving), so they never go stale in a store.
 DAYS_SINCE_LAST_PURCHASE = Feature("days_since_last_purchase", "float64",
-                                   "days from the user's latest purchase to now")
+                                   "days from the user's latest purchase to now", monotone=-1)
 SECONDS_SINCE_LAST_PRODUCT_VIEW = Feature(
     "seconds_since_last_product_view", "float64",
-    "seconds from the latest view of the product in this session to now")
+    "seconds from the latest view of the product in this session to now", monotone=-1)
 REQUEST_TIME_FEATURES: tuple[Feature, ...] = (DAYS_SINCE_LAST_PURCHASE,
                                                SECONDS_SINCE_LAST_PRODUCT_VIEW)
 

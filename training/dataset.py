@@ -36,6 +36,10 @@ POINT_COLUMNS = (F.SESSION_ID, F.USER_ID, F.PRODUCT_ID, "event_id", "event_type"
                  "event_time", F.EVENT_TIMESTAMP)
 
 
+class DatasetError(ValueError):
+    """Input that yields no usable training or evaluation set."""
+
+
 @dataclass
 class DatasetSummary:
     points: int = 0
@@ -122,20 +126,30 @@ def from_lake(settings: Settings) -> pd.DataFrame:
                                prediction_points(snapshots))
 
 
+def file_points(settings: Settings, files: list[Path], history: list[Path],
+                spark: object = None) -> list[tuple[pd.DataFrame, dict[str, int]]]:
+    """Points with every model feature for each of `files`, and its invalid-row counts: the
+    batch runs once over the days of all files and the history first."""
+    from batch.job import run as run_batch
+
+    run_batch(settings, argparse.Namespace(imports=[*history, *files], as_of=None,
+                                           first=None, last=None), spark)
+    out = []
+    for path in files:
+        with tempfile.TemporaryDirectory(prefix="propensity-dataset-") as work:
+            frame, invalid = from_file(settings, path, Path(work))
+        out.append((with_request_time_features(frame), invalid))
+    return out
+
+
 def build(settings: Settings, args: argparse.Namespace) -> DatasetSummary:
     """`propensity dataset`: run the batch over the history and events files' days when
     files are given, build the points and their features, write them to --out (Parquet)."""
     summary = DatasetSummary(out=str(args.out))
     if args.events:
-        from batch.job import run as run_batch
-
-        run_batch(settings, argparse.Namespace(
-            imports=[*args.history, args.events], as_of=None, first=None, last=None))
-        with tempfile.TemporaryDirectory(prefix="propensity-dataset-") as work:
-            frame, summary.invalid = from_file(settings, args.events, Path(work))
+        ((frame, summary.invalid),) = file_points(settings, [args.events], args.history)
     else:
-        frame = from_lake(settings)
-    frame = with_request_time_features(frame)
+        frame = with_request_time_features(from_lake(settings))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(args.out, index=False)
     summary.points = len(frame)

@@ -1,0 +1,211 @@
+"""`propensity train`: point-in-time training and validation sets through Feast, two
+baselines, a LightGBM classifier with early stopping on the validation month, Platt
+calibration, metrics, slices, behavioural checks, a report, and registration in the store.
+
+Validation-month figures are those the model was early-stopped and calibrated on: the honest
+test is `propensity evaluate` on a later month.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from propensity import events, model_store
+from propensity import features as F
+from propensity.model import (
+    COLUMN_NAMES,
+    Calibration,
+    PropensityModel,
+    encode,
+    monotone_constraints,
+)
+from propensity.settings import Settings
+from training import checks, metrics, report
+from training.dataset import LABEL, DatasetError, file_points
+
+# Shallow trees, large leaves, L2 and subsampling: the months differ (a model that fits
+# October's details loses on November), so the model is kept simple and stopped early.
+LGB_PARAMS = {
+    "objective": "binary", "metric": "auc", "learning_rate": 0.03, "num_leaves": 15,
+    "min_data_in_leaf": 100, "lambda_l2": 10.0, "feature_fraction": 0.8,
+    "bagging_fraction": 0.8, "bagging_freq": 1, "monotone_constraints_method": "advanced",
+    "seed": 7, "deterministic": True, "num_threads": 2, "verbose": -1,
+}
+MAX_ROUNDS = 2000
+EARLY_STOPPING_ROUNDS = 100
+BASELINE_COUNTS = ("event_count", "view_count", "add_to_cart_count", "remove_from_cart_count")
+
+
+@dataclass
+class TrainResult:
+    version: str | None
+    promoted: bool
+    reason: str
+    out: str
+    metrics: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        valid = self.metrics["validation"]
+        lines = [f"validation ({valid['points']} points, {valid['sessions']} sessions): "
+                 "ROC AUC [95% CI]"]
+        for name, m in {"lightgbm": valid, **self.metrics["baselines"]}.items():
+            low, high = m["roc_auc_ci95"] or (float("nan"), float("nan"))
+            lines.append(f"  {name:<20} {m['roc_auc']:.4f} [{low:.4f}, {high:.4f}]  "
+                         f"PR AUC {m['pr_auc']:.4f}")
+        for check in self.metrics["checks"]:
+            lines.append(f"check {check['name']:<6} {'passed' if check['passed'] else 'FAILED'}"
+                         f": {check['detail']}")
+        flagged = [f"{s['slice']}={s['value']}" for s in self.metrics["slices"] if s["flagged"]]
+        lines.append(f"slices flagged (AUC > 10% below overall): {', '.join(flagged) or 'none'}")
+        state = "promoted to latest" if self.promoted else "not promoted"
+        lines.append(f"version {self.version}: {state} ({self.reason}); report in {self.out}")
+        return "\n".join(lines)
+
+
+def labels(frame: pd.DataFrame) -> np.ndarray:
+    return frame[LABEL].to_numpy(np.int8)
+
+
+# -- baselines ---------------------------------------------------------------------------
+
+def cart_heuristic(train: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """"add_to_cart_count > 0", as the training purchase rate of its two groups."""
+    carted = train["add_to_cart_count"] > 0
+    rates = train[LABEL].groupby(carted).mean()
+    return (frame["add_to_cart_count"] > 0).map(rates).fillna(train[LABEL].mean()).to_numpy()
+
+
+def count_regression(train: pd.DataFrame, frame: pd.DataFrame) -> np.ndarray:
+    """A logistic regression on the session's log counts."""
+    def inputs(f: pd.DataFrame) -> np.ndarray:
+        return np.log1p(f[list(BASELINE_COUNTS)].to_numpy(np.float64))
+
+    fitted = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    fitted.fit(inputs(train), labels(train))
+    return fitted.predict_proba(inputs(frame))[:, 1]
+
+
+# -- the model ---------------------------------------------------------------------------
+
+def fit_booster(train: pd.DataFrame, valid: pd.DataFrame, params: dict | None = None,
+                columns: tuple[str, ...] = COLUMN_NAMES) -> lgb.Booster:
+    """LightGBM with monotone constraints, positives weighted up to balance the classes,
+    early-stopped on the validation AUC."""
+    y = labels(train)
+    chosen = {**LGB_PARAMS, "monotone_constraints": monotone_constraints(columns),
+              "scale_pos_weight": (len(y) - y.sum()) / max(y.sum(), 1), **(params or {})}
+    booster = lgb.train(
+        chosen, lgb.Dataset(encode(train, columns), y, feature_name=list(columns)),
+        MAX_ROUNDS,
+        valid_sets=[lgb.Dataset(encode(valid, columns), labels(valid))],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
+    # Keep only the trees up to the best iteration: the stored model is the early-stopped one.
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+
+
+def fit_calibration(raw: np.ndarray, y: np.ndarray) -> Calibration:
+    fitted = LogisticRegression(C=1e6, max_iter=1000).fit(raw.reshape(-1, 1), y)
+    return Calibration(float(fitted.coef_[0, 0]), float(fitted.intercept_[0]))
+
+
+def cross_fitted(raw: np.ndarray, y: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """Calibrated probabilities where each session's comes from a calibration fitted on the
+    other half of the sessions: the calibration's quality without scoring its own fit."""
+    out = np.empty(len(raw))
+    for fit, held in GroupKFold(n_splits=2).split(raw, y, sessions):
+        out[held] = fit_calibration(raw[fit], y[fit]).apply(raw[held])
+    return out
+
+
+def _time_range(frame: pd.DataFrame) -> str:
+    times = frame["event_time"]
+    return f"{times.min():%Y-%m-%d %H:%M} .. {times.max():%Y-%m-%d %H:%M} UTC"
+
+
+def fit_model(train_set: pd.DataFrame, valid_set: pd.DataFrame
+              ) -> tuple[PropensityModel, np.ndarray]:
+    """The booster, calibrated on the validation set; and its raw validation scores."""
+    booster = fit_booster(train_set, valid_set)
+    raw = PropensityModel(booster, COLUMN_NAMES).raw(encode(valid_set, COLUMN_NAMES))
+    return PropensityModel(booster, COLUMN_NAMES,
+                           fit_calibration(raw, labels(valid_set))), raw
+
+
+def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
+           valid_set: pd.DataFrame, valid_events: pd.DataFrame, timeout_s: float
+           ) -> tuple[dict, dict[str, bytes]]:
+    """Validation metrics (model and baselines), calibration, slices, behavioural checks and
+    feature contributions, as a summary and plots."""
+    y, sessions = labels(valid_set), valid_set[F.SESSION_ID].to_numpy()
+    scores = model.calibration.apply(raw)
+    honest = cross_fitted(raw, y, sessions)  # the model's probability metrics
+    baselines = {"cart_heuristic": cart_heuristic(train_set, valid_set),
+                 "count_regression": count_regression(train_set, valid_set)}
+    results = checks.run_checks(model, checks.probes(valid_events, valid_set), timeout_s)
+    contributions = model.contributions(encode(valid_set, model.columns))[:, :-1]
+    importance = dict(sorted(zip(model.columns, np.abs(contributions).mean(axis=0).tolist(),
+                                 strict=True), key=lambda kv: -kv[1]))
+    summary = {
+        "validation": metrics.summary(y, scores, sessions, honest),
+        "baselines": {name: metrics.summary(y, score, sessions)
+                      for name, score in baselines.items()},
+        "calibration": {"method": "platt (fitted on validation)", **asdict(model.calibration),
+                        "reliability_before": metrics.reliability(
+                            y, Calibration().apply(raw)),
+                        "reliability_after_cross_fitted": metrics.reliability(y, honest)},
+        "slices": metrics.slices(valid_set, y, scores),
+        "checks": checks.as_dicts(results),
+        "checks_passed": all(r.passed for r in results),
+        "mean_abs_shap": importance,
+    }
+    plots = report.plots(y, {"lightgbm": scores, **baselines}, Calibration().apply(raw),
+                         honest, importance)
+    return summary, plots
+
+
+def train(settings: Settings, train_file: Path, valid_file: Path, history: list[Path],
+          out: Path, register: bool = True) -> TrainResult:
+    (train_set, train_invalid), (valid_set, valid_invalid) = file_points(
+        settings, [train_file, valid_file], history)
+    if train_set[LABEL].nunique() < 2 or valid_set[LABEL].nunique() < 2:
+        raise DatasetError("training and validation sets each need sessions with and without "
+                           "a purchase")
+    model, raw = fit_model(train_set, valid_set)
+    assessment, plots = assess(model, raw, train_set, valid_set,
+                               events.validate_file(valid_file).valid,
+                               settings.session_timeout_s)
+    model.metadata = summary = {
+        "trained_on": f"{train_file.name}: {_time_range(train_set)}",
+        "validated_on": f"{valid_file.name}: {_time_range(valid_set)}",
+        "history": [p.name for p in history],
+        "rows": {"train": len(train_set), "validation": len(valid_set),
+                 "train_positive_rate": float(labels(train_set).mean()),
+                 "validation_positive_rate": float(labels(valid_set).mean()),
+                 "invalid_rows": {"train": train_invalid, "validation": valid_invalid}},
+        "params": {**LGB_PARAMS, "trees": model.booster.num_trees()},
+        **assessment,
+    }
+    files = {**model.to_files(), **plots,
+             "metrics.json": json.dumps(summary, indent=2, default=str).encode(),
+             "model_card.md": report.model_card(summary).encode()}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    result = TrainResult(None, False, "not registered (--no-register)", str(out), summary)
+    if register:
+        registration = model_store.register(settings, files,
+                                            summary["validation"]["roc_auc"],
+                                            summary["checks_passed"])
+        result.version, result.promoted, result.reason = (
+            registration.version, registration.promoted, registration.reason)
+    return result
