@@ -63,15 +63,20 @@ def _get(settings: Settings, key: str) -> bytes | None:
         raise
 
 
-def new_version(model_text: bytes, now: datetime | None = None) -> str:
-    """A sortable, unique version name: UTC time and a digest of the booster."""
+def new_version(files: dict[str, bytes], now: datetime | None = None) -> str:
+    """A sortable, unique version name: UTC time and a digest of the version's files."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{hashlib.sha256(model_text).hexdigest()[:8]}"
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return f"{stamp}-{digest.hexdigest()[:8]}"
 
 
-def put_version(settings: Settings, files: dict[str, bytes]) -> str:
-    """Stores a new version's files; returns its name. Never overwrites a version."""
-    version = new_version(files[PropensityModel.MODEL_FILE])
+def put_version(settings: Settings, files: dict[str, bytes], version: str | None = None
+                ) -> str:
+    """Stores a new version's files (named by `new_version` unless given); returns its name.
+    Never overwrites a version."""
+    version = version or new_version(files)
     bucket, prefix = _prefix(settings)
     s3 = _client(settings)
     if s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}{version}/", MaxKeys=1).get("KeyCount"):
