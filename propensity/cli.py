@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class UsageError(ValueError):
+    """Options that do not go together."""
+
+
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures a user can act on: reported in one line, without a traceback."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -51,7 +55,8 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from training.dataset import DatasetError
 
     return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
-            ClientError, BatchError, ValidationError, ModelStoreError, DatasetError)
+            ClientError, BatchError, ValidationError, ModelStoreError, DatasetError,
+            UsageError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,12 +126,19 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train", help="train, evaluate, check and register a model (point-in-time sets)")
-    train.add_argument("--train", dest="train_file", type=Path, required=True, metavar="FILE",
-                       help="REES46 file whose sessions the model learns from")
-    train.add_argument("--valid", dest="valid_file", type=Path, required=True, metavar="FILE",
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument("--train", dest="train_file", type=Path, metavar="FILE",
+                        help="REES46 file whose sessions the model learns from (with --valid)")
+    source.add_argument("--lake", action="store_true",
+                        help="streamed sessions in the lake (with --train-days, --valid-days)")
+    train.add_argument("--valid", dest="valid_file", type=Path, metavar="FILE",
                        help="later REES46 file for early stopping, calibration and metrics")
     train.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
                        help="earlier REES46 file for user and product features (repeatable)")
+    train.add_argument("--train-days", type=_day_range, metavar="FROM:TO",
+                       help="with --lake: days to learn from, e.g. 2019-10-01:2019-10-31")
+    train.add_argument("--valid-days", type=_day_range, metavar="FROM:TO",
+                       help="with --lake: later days for validation")
     train.add_argument("--out", type=Path, help="report folder (default: "
                        "$PROPENSITY_HOME/training/last)")
     train.add_argument("--no-register", action="store_true",
@@ -222,16 +234,30 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
-    from training.train import train
+def _day_range(text: str) -> tuple[date, date]:
+    first, sep, last = text.partition(":")
+    try:
+        return date.fromisoformat(first), date.fromisoformat(last if sep else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not FROM:TO dates: {text!r}") from None
 
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import files_data, lake_data, train
+
+    if args.lake:
+        if not (args.train_days and args.valid_days) or args.history:
+            raise UsageError("--lake needs --train-days and --valid-days, and no --history")
+    elif not args.valid_file or args.train_days or args.valid_days:
+        raise UsageError("--train FILE needs --valid FILE (the days are for --lake)")
+    for path in (args.train_file, args.valid_file, *args.history):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
     _log_to_stderr()
     settings = Settings()
-    for path in (args.train_file, args.valid_file, *args.history):
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-    result = train(settings, args.train_file, args.valid_file, args.history,
-                   args.out or settings.home / "training" / "last",
+    data = (lake_data(settings, args.train_days, args.valid_days) if args.lake else
+            files_data(settings, args.train_file, args.valid_file, args.history))
+    result = train(settings, data, args.out or settings.home / "training" / "last",
                    register=not args.no_register)
     print(json.dumps(asdict(result), default=str) if args.json else result.format())
     return 0

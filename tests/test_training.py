@@ -3,10 +3,12 @@ samples: real Spark batch, Feast point-in-time sets, LightGBM, the moto S3 model
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +18,11 @@ from propensity import model_store
 from propensity.model import PropensityModel
 from propensity.settings import Settings
 from propensity.testing import isolated
+from streaming.job import StreamOptions
+from streaming.job import run as run_stream
 from tests.test_batch import OCTOBER
-from training.train import TrainResult, train
+from tests.test_streaming import send
+from training.train import TrainResult, files_data, lake_data, train
 
 NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +33,8 @@ def trained(stack: Settings, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[Settings, TrainResult, Path]:
     folder = tmp_path_factory.mktemp("training")
     settings = isolated(stack, folder)
-    return settings, train(settings, OCTOBER, NOVEMBER, [], folder / "report"), folder
+    data = files_data(settings, OCTOBER, NOVEMBER, [])
+    return settings, train(settings, data, folder / "report"), folder
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
@@ -111,3 +117,34 @@ def test_evaluate_reports_a_missing_model_or_version_in_one_line(
     done = cli(settings, "model", "promote", "nope")
     assert done.returncode == 2 and "no model version 'nope'" in done.stderr
     assert isinstance(model_store.load(settings), PropensityModel)
+
+
+def head(path: Path, rows: int, out: Path) -> Path:
+    """The first `rows` events of a REES46 file (a smaller real sample)."""
+    with gzip.open(path, "rt") as source, gzip.open(out, "wt") as sink:
+        for _, line in zip(range(rows + 1), source, strict=False):
+            sink.write(line)
+    return out
+
+
+def test_training_on_streamed_days_equals_training_on_the_files(
+        stack: Settings, tmp_path: Path) -> None:
+    october = head(OCTOBER, 6000, tmp_path / "october.csv.gz")
+    november = head(NOVEMBER, 6000, tmp_path / "november.csv.gz")
+    by_file = isolated(stack, tmp_path / "files")
+    from_files = train(by_file, files_data(by_file, october, november, []),
+                       tmp_path / "files-report", register=False)
+
+    by_lake = isolated(stack, tmp_path / "lake")
+    for path in (october, november):
+        send(by_lake, path, events_per_record=20)
+    run_stream(by_lake, StreamOptions(until_idle=True))
+    data = lake_data(by_lake, (date(2019, 10, 1), date(2019, 10, 31)),
+                     (date(2019, 11, 1), date(2019, 11, 30)))
+    from_lake = train(by_lake, data, tmp_path / "lake-report")
+    assert from_lake.promoted and model_store.latest(by_lake) == from_lake.version
+    assert from_lake.metrics["trained_on"].startswith("lake 2019-10-01..2019-10-31")
+    for key in ("points", "positives", "sessions", "roc_auc", "pr_auc", "log_loss"):
+        assert from_lake.metrics["validation"][key] == pytest.approx(
+            from_files.metrics["validation"][key], rel=1e-9), key
+    assert from_lake.metrics["rows"]["train"] == from_files.metrics["rows"]["train"]

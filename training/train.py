@@ -8,8 +8,10 @@ test is `propensity evaluate` on a later month.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
 import lightgbm as lgb
@@ -20,7 +22,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from propensity import events, model_store
+from propensity import aws, events, model_store
 from propensity import features as F
 from propensity.model import (
     COLUMN_NAMES,
@@ -31,7 +33,13 @@ from propensity.model import (
 )
 from propensity.settings import Settings
 from training import checks, metrics, report
-from training.dataset import LABEL, DatasetError, file_points
+from training.dataset import (
+    LABEL,
+    DatasetError,
+    file_points,
+    from_lake,
+    with_request_time_features,
+)
 
 # Shallow trees, large leaves, L2 and subsampling: the months differ (a model that fits
 # October's details loses on November), so the model is kept simple and stopped early.
@@ -173,25 +181,79 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
     return summary, plots
 
 
-def train(settings: Settings, train_file: Path, valid_file: Path, history: list[Path],
-          out: Path, register: bool = True) -> TrainResult:
+@dataclass
+class TrainingData:
+    """Point-in-time training and validation sets, and the validation events (for the
+    behavioural checks' probe sessions)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    valid_events: pd.DataFrame
+    train_source: str
+    valid_source: str
+    history: list[str] = field(default_factory=list)
+    invalid: dict = field(default_factory=dict)
+
+
+def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[Path]
+               ) -> TrainingData:
+    """From REES46 files: the batch runs over all their days first."""
     (train_set, train_invalid), (valid_set, valid_invalid) = file_points(
         settings, [train_file, valid_file], history)
-    if train_set[LABEL].nunique() < 2 or valid_set[LABEL].nunique() < 2:
-        raise DatasetError("training and validation sets each need sessions with and without "
-                           "a purchase")
+    return TrainingData(train_set, valid_set, events.validate_file(valid_file).valid,
+                        f"{train_file.name}: {_time_range(train_set)}",
+                        f"{valid_file.name}: {_time_range(valid_set)}",
+                        [p.name for p in history],
+                        {"train": train_invalid, "validation": valid_invalid})
+
+
+def lake_data(settings: Settings, train_days: tuple[date, date],
+              valid_days: tuple[date, date]) -> TrainingData:
+    """From the streamed sessions in the lake, split by the day of each point: the daily
+    batch runs (again: it is idempotent) over the days from the first to the last."""
+    from batch.job import run as run_batch
+
+    if not train_days[0] <= train_days[1] < valid_days[0] <= valid_days[1]:
+        raise DatasetError("lake days: the training days must come before the validation "
+                           "days, each range FROM <= TO")
+    run_batch(settings, argparse.Namespace(imports=[], as_of=None, first=train_days[0],
+                                           last=valid_days[1]))
+    points = with_request_time_features(from_lake(settings))
+    lake = aws.read_parquet(settings, settings.events_uri).to_pandas()
+
+    def within(times: pd.Series, days: tuple[date, date]) -> pd.Series:
+        day = times.dt.date
+        return (day >= days[0]) & (day <= days[1])
+
+    train_set = points[within(points["event_time"], train_days)].reset_index(drop=True)
+    valid_set = points[within(points["event_time"], valid_days)].reset_index(drop=True)
+    valid_events = lake[lake["user_session"].isin(set(valid_set[F.SESSION_ID]))]
+    return TrainingData(train_set, valid_set, valid_events.reset_index(drop=True),
+                        f"lake {train_days[0]}..{train_days[1]}: {_time_range(train_set)}",
+                        f"lake {valid_days[0]}..{valid_days[1]}: {_time_range(valid_set)}")
+
+
+def train(settings: Settings, data: TrainingData, out: Path, register: bool = True
+          ) -> TrainResult:
+    # One row order whatever the source (bagging depends on it): the same data, the same model.
+    order = [F.EVENT_TIMESTAMP, F.SESSION_ID, "event_id"]
+    train_set = data.train.sort_values(order, ignore_index=True)
+    valid_set = data.valid.sort_values(order, ignore_index=True)
+    for name, frame in (("training", train_set), ("validation", valid_set)):
+        if frame.empty or frame[LABEL].nunique() < 2:
+            raise DatasetError(f"the {name} set needs sessions with and without a purchase "
+                               f"({len(frame)} points)")
     model, raw = fit_model(train_set, valid_set)
-    assessment, plots = assess(model, raw, train_set, valid_set,
-                               events.validate_file(valid_file).valid,
+    assessment, plots = assess(model, raw, train_set, valid_set, data.valid_events,
                                settings.session_timeout_s)
     model.metadata = summary = {
-        "trained_on": f"{train_file.name}: {_time_range(train_set)}",
-        "validated_on": f"{valid_file.name}: {_time_range(valid_set)}",
-        "history": [p.name for p in history],
+        "trained_on": data.train_source,
+        "validated_on": data.valid_source,
+        "history": data.history,
         "rows": {"train": len(train_set), "validation": len(valid_set),
                  "train_positive_rate": float(labels(train_set).mean()),
                  "validation_positive_rate": float(labels(valid_set).mean()),
-                 "invalid_rows": {"train": train_invalid, "validation": valid_invalid}},
+                 "invalid_rows": data.invalid},
         "params": {**LGB_PARAMS, "trees": model.booster.num_trees()},
         **assessment,
     }
