@@ -168,6 +168,13 @@ def _parser() -> argparse.ArgumentParser:
         "rollback", help="move `latest` back to the version it replaced"
     ).set_defaults(handler=_model_rollback)
 
+    serve = commands.add_parser("serve", help="the scorer: FastAPI on uvicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes (each loads the model and reads Redis itself)")
+    serve.set_defaults(handler=_serve)
+
     bench = commands.add_parser("bench", help="benchmarks that print their figures")
     benches = bench.add_subparsers(required=True, metavar="WHAT")
     bench_stream = benches.add_parser(
@@ -305,6 +312,16 @@ def _model_rollback(_: argparse.Namespace) -> int:
     from propensity import model_store
 
     print(f"latest -> {model_store.rollback(Settings())}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    Settings()  # fail here, with the setting's name, rather than in each worker
+    uvicorn.run("serving.app:app_from_environment", factory=True, host=args.host,
+                port=args.port, workers=args.workers, loop="uvloop", http="httptools",
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
     return 0
 
 

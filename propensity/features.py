@@ -25,6 +25,7 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import orjson
@@ -326,17 +327,12 @@ def snapshot_frame(rows: list[tuple]) -> pd.DataFrame:
     return frame
 
 
-def request_time_features(last_purchase_at: np.ndarray, last_product_view_at: np.ndarray,
-                          now: np.ndarray) -> dict[str, np.ndarray]:
-    """The request-time features from stored times and the moments of use (all arrays of
-    datetime64[us], NaT where unknown); NaN where the stored time is unknown."""
-    moment = now.astype("datetime64[us]")
-
-    def elapsed_s(since: np.ndarray) -> np.ndarray:
-        since = since.astype("datetime64[us]")
-        return np.where(np.isnat(since), np.nan, (moment - since) / np.timedelta64(1, "s"))
-
+def request_time_features(last_purchase_at: Any, last_product_view_at: Any, now: Any
+                          ) -> dict[str, Any]:
+    """The request-time features from stored times and the moments of use, all as seconds
+    since the epoch (floats or float arrays; NaN where unknown, which stays NaN). Plain
+    arithmetic, so training's columns and the scorer's single values take the same path."""
     return {
-        DAYS_SINCE_LAST_PURCHASE.name: elapsed_s(last_purchase_at) / 86_400,
-        SECONDS_SINCE_LAST_PRODUCT_VIEW.name: elapsed_s(last_product_view_at),
+        DAYS_SINCE_LAST_PURCHASE.name: (now - last_purchase_at) / 86_400,
+        SECONDS_SINCE_LAST_PRODUCT_VIEW.name: now - last_product_view_at,
     }

@@ -8,6 +8,7 @@ trained on, in that order, whatever this module lists today.
 
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,22 @@ def encode(values: Mapping[str, Any], names: Sequence[str] = COLUMN_NAMES) -> np
     return np.column_stack(out) if out else np.empty((0, 0))
 
 
+def encode_row(values: Mapping[str, Any], names: Sequence[str] = COLUMN_NAMES) -> np.ndarray:
+    """One row of scalar feature values as a (1, n) matrix: `encode` for a single request,
+    without building a column per feature (the scorer's hot path)."""
+    row = np.empty((1, len(names)), dtype=np.float64)
+    for i, name in enumerate(names):
+        spec = column(name)
+        value = values[spec.feature.name]
+        if value is None or value != value:  # None or NaN
+            row[0, i] = np.nan
+        elif spec.category is not None:
+            row[0, i] = float(value == spec.category)
+        else:
+            row[0, i] = float(value)
+    return row
+
+
 def _has_none(raw: Any) -> bool:
     return getattr(raw, "dtype", None) in (None, object) and any(v is None for v in raw)
 
@@ -118,6 +135,38 @@ class Calibration:
         return 1.0 / (1.0 + np.exp(-(self.a * raw + self.b)))
 
 
+class _FastRowPredictor:
+    """LightGBM's C API for single-row prediction (LGBM_BoosterPredictForMatSingleRowFast),
+    configured once: raw score, all trees, float64 rows, one thread."""
+
+    def __init__(self, booster: lgb.Booster, columns: int) -> None:
+        from lightgbm.basic import _LIB, _c_str, _safe_call
+
+        self._lib, self._check = _LIB, _safe_call
+        self.columns = columns
+        self.handle = ctypes.c_void_p()
+        raw_score, all_trees, float64 = 1, -1, 1
+        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+            booster._handle, ctypes.c_int(raw_score), ctypes.c_int(0),
+            ctypes.c_int(all_trees), ctypes.c_int(float64), ctypes.c_int32(columns),
+            _c_str("num_threads=1"), ctypes.byref(self.handle)))
+        self._out = ctypes.c_double()
+        self._out_len = ctypes.c_int64()
+
+    def raw(self, row: np.ndarray) -> float:
+        row = np.ascontiguousarray(row, dtype=np.float64).reshape(-1)
+        if row.shape[0] != self.columns:
+            raise ValueError(f"row has {row.shape[0]} values, the model {self.columns}")
+        self._check(self._lib.LGBM_BoosterPredictForMatSingleRowFast(
+            self.handle, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
+            ctypes.byref(self._out)))
+        return self._out.value
+
+    def __del__(self) -> None:
+        if self.handle:
+            self._lib.LGBM_FastConfigFree(self.handle)
+
+
 @dataclass
 class PropensityModel:
     booster: lgb.Booster
@@ -125,9 +174,18 @@ class PropensityModel:
     calibration: Calibration = field(default_factory=Calibration)
     metadata: dict[str, Any] = field(default_factory=dict)  # data ranges, params, metrics
     version: str | None = None
+    _fast: _FastRowPredictor | None = field(default=None, repr=False, compare=False)
 
     def raw(self, matrix: np.ndarray) -> np.ndarray:
         return self.booster.predict(matrix, raw_score=True, num_threads=1)
+
+    def raw_one(self, row: np.ndarray) -> float:
+        """The raw score of one row through LightGBM's single-row fast path (the scorer's:
+        about 5 us instead of 60 for `Booster.predict`'s per-call set-up). Not thread-safe:
+        one event loop per model."""
+        if self._fast is None:
+            self._fast = _FastRowPredictor(self.booster, len(self.columns))
+        return self._fast.raw(row)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Calibrated propensities for rows already in `self.columns` order."""

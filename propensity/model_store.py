@@ -14,6 +14,7 @@ Rollback moves `latest` back to the version it replaced.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -47,7 +48,10 @@ def _prefix(settings: Settings) -> tuple[str, str]:
     return s3_bucket(settings.models_uri), f"{key[1] + '/' if len(key) > 1 else ''}{MODEL_NAME}/"
 
 
+@functools.lru_cache(maxsize=8)
 def _client(settings: Settings) -> Any:
+    """One S3 client per settings (boto3 clients are thread-safe; making one costs tens of
+    milliseconds of CPU, which the scorer's model poll would pay every time)."""
     return aws.client("s3", settings)
 
 

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     # Spark checkpoints of the streaming job: a local folder here, s3://... on EMR.
     checkpoint_dir: str = Field(".propensity/checkpoints", alias="PROPENSITY_CHECKPOINT_DIR")
 
+    # The scorer: deadline of the online-store read (then it answers degraded), how often it
+    # looks for a new `latest` model, the largest request body, an optional API key (header
+    # X-API-Key), and whether it reads through Feast's get_online_features_async instead of
+    # its own pipelined read.
+    serving_deadline_ms: float = Field(20, gt=0, alias="PROPENSITY_SERVING_DEADLINE_MS")
+    model_poll_s: float = Field(30, gt=0, alias="PROPENSITY_MODEL_POLL_S")
+    serving_max_body_bytes: int = Field(65536, ge=1024, alias="PROPENSITY_SERVING_MAX_BODY_BYTES")
+    serving_api_key: SecretStr | None = Field(None, alias="PROPENSITY_SERVING_API_KEY")
+    serving_feast_async: bool = Field(False, alias="PROPENSITY_SERVING_FEAST_ASYNC")
+
     # Spark master for the jobs: "local[2]" embedded; empty keeps spark-submit's (EMR).
     spark_master: str = Field("local[2]", alias="PROPENSITY_SPARK_MASTER")
 

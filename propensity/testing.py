@@ -7,12 +7,20 @@
 - `write_csv(path, rows)`: a REES46 CSV file (plain or .gz) from rows of field values.
 - `isolated(settings, folder)`: settings for one test's pipeline: its own stream, S3 prefixes,
   checkpoint and Feast registry, on the shared stack, with Redis emptied.
+- `load_session_features(settings, path)`: a REES46 file's session features in Redis, as the
+  streaming job leaves them (without running it).
+- `running_scorer(settings)`: `propensity serve` in a process of its own, ready, for a block.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -108,3 +116,68 @@ def write_csv(path: Path, rows: Sequence[Sequence[object]],
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def load_session_features(settings: Settings, path: Path) -> int:
+    """Writes the latest session and session-product features of a REES46 file's valid
+    events to Redis with the streaming sink's writer and TTL; returns the sessions."""
+    import pyarrow as pa
+    from feast.infra.online_stores.redis import RedisOnlineStore
+
+    import feature_repo
+    from feature_repo.definitions import feature_view
+    from feature_repo.online import write_latest
+    from propensity import events
+    from propensity import features as F
+    from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
+
+    snapshots = F.snapshots(events.validate_file(path).valid, settings.session_timeout_s)
+    config = feature_repo.repo_config(settings, key_ttl_s=settings.online_ttl_s)
+    store = RedisOnlineStore()
+    for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
+                          (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+        table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
+        write_latest(store, config, feature_view(settings, view), table)
+    return int(snapshots[F.SESSION_ID].nunique())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
+                   timeout_s: float = 60) -> Iterator[str]:
+    """`propensity serve` on 127.0.0.1 with these settings; yields its base URL once
+    /health answers; stops it (SIGTERM, then SIGKILL) after the block."""
+    import urllib.request
+
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port),
+         "--workers", str(workers)],
+        env={**os.environ, **settings.to_env()}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the scorer exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the scorer did not answer on {url}") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

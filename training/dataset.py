@@ -84,14 +84,13 @@ def _write_archive(snapshots: pd.DataFrame, folder: Path) -> None:
 
 def with_request_time_features(frame: pd.DataFrame) -> pd.DataFrame:
     """Adds the features derived from stored times at each point's moment."""
-    now = frame[F.EVENT_TIMESTAMP].dt.tz_convert(None).to_numpy("datetime64[us]")
+    def seconds(column: str) -> np.ndarray:  # since the epoch; NaN for NaT, any time unit
+        since = pd.to_datetime(frame[column], utc=True) - pd.Timestamp(0, tz="UTC")
+        return (since / pd.Timedelta(seconds=1)).to_numpy(np.float64)
 
-    def times(column: str) -> np.ndarray:
-        return pd.to_datetime(frame[column], utc=True).dt.tz_convert(None).to_numpy(
-            "datetime64[us]")
-
-    derived = F.request_time_features(times(F.LAST_PURCHASE_AT.name),
-                                      times("last_product_view_at"), now)
+    derived = F.request_time_features(seconds(F.LAST_PURCHASE_AT.name),
+                                      seconds("last_product_view_at"),
+                                      seconds(F.EVENT_TIMESTAMP))
     return frame.assign(**derived)
 
 

@@ -1,0 +1,151 @@
+"""An open-loop HTTP load generator, run as a process of its own:
+
+    python -m propensity.bench.load URL --rps R --duration S --bodies FILE [--connections C]
+
+Request i is due at start + i / R whatever happened before; its latency runs from that due
+time to the end of its response, so a server that falls behind shows it (no coordinated
+omission). Requests go over C keep-alive HTTP/1.1 connections (raw asyncio streams on uvloop:
+the generator must cost the 2-core machine little). `--bodies` is a JSON-lines file of request
+bodies, sent in turn. Prints one JSON object: sent, ok, errors by kind, achieved rate and
+latency percentiles in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> dict:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        p50, p95, p99, p999 = np.percentile(lat, [50, 95, 99, 99.9])
+        return {"sent": self.sent, "ok": self.ok, "errors": self.errors,
+                "achieved_rps": self.ok / self.elapsed_s if self.elapsed_s else 0.0,
+                "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "p999_ms": p999,
+                "max_ms": float(np.max(lat))}
+
+
+class Connection:
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, head: bytes, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        self.writer.write(head + body)
+        headers = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(headers[9:12])
+        lowered = headers.lower()
+        if b"transfer-encoding: chunked" in lowered:
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            start = lowered.find(b"content-length:")
+            length = int(lowered[start + 15:lowered.find(b"\r\n", start)]) if start >= 0 else 0
+            await self.reader.readexactly(length)
+        if b"connection: close" in lowered:
+            self.close()
+        return status
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def run_load(url: str, bodies: list[bytes], rps: float, duration_s: float,
+                   connections: int = 32, headers: dict[str, str] | None = None,
+                   timeout_s: float = 5.0) -> LoadResult:
+    parsed = urlparse(url)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    heads = {}
+    result = LoadResult()
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(Connection(parsed.hostname, parsed.port))
+
+    def head(length: int) -> bytes:
+        if length not in heads:
+            heads[length] = (f"POST {parsed.path} HTTP/1.1\r\nHost: {parsed.netloc}\r\n"
+                             f"Content-Type: application/json\r\n{extra}"
+                             f"Content-Length: {length}\r\n\r\n").encode()
+        return heads[length]
+
+    async def one(due: float, body: bytes) -> None:
+        connection = await idle.get()
+        try:
+            status = await asyncio.wait_for(connection.request(head(len(body)), body),
+                                            timeout_s)
+            if status == 200:
+                result.ok += 1
+                result.latencies_ms.append((time.perf_counter() - due) * 1000)
+            else:
+                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
+            kind = type(error).__name__
+            result.errors[kind] = result.errors.get(kind, 0) + 1
+            connection.close()
+        finally:
+            idle.put_nowait(connection)
+
+    tasks = set()
+    start = time.perf_counter()
+    total = int(rps * duration_s)
+    for i in range(total):
+        due = start + i / rps
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(due, bodies[i % len(bodies)]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        result.sent += 1
+    await asyncio.gather(*tasks)
+    result.elapsed_s = time.perf_counter() - start
+    while not idle.empty():
+        idle.get_nowait().close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m propensity.bench.load")
+    parser.add_argument("url")
+    parser.add_argument("--rps", type=float, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--bodies", type=Path, required=True, help="JSON lines")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    args = parser.parse_args(argv)
+    bodies = [line.encode() for line in args.bodies.read_text().splitlines() if line]
+    headers = dict(h.split(":", 1) for h in args.header)
+    import uvloop
+
+    result = uvloop.run(run_load(args.url, bodies, args.rps, args.duration,
+                                 args.connections, headers))
+    json.dump(result.summary(), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

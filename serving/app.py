@@ -1,0 +1,329 @@
+"""The scorer: an async FastAPI app that the shop's backend calls during a session.
+
+- `POST /v1/propensity`: one session; `POST /v1/propensity/batch`: up to 100.
+- `GET /health` (alive), `GET /ready` (a model is loaded and the online store answers),
+  `GET /metrics` (Prometheus).
+A failure of the online store never fails a request: past the read deadline, or when Redis
+errs, the answer is computed from what is known (features missing) with `degraded: true`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+from propensity import model_store
+from propensity.model import PropensityModel
+from propensity.settings import Settings
+from serving import scoring
+from serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
+
+log = logging.getLogger("propensity.serving")
+
+MAX_BATCH = 100
+API_KEY_HEADER = "X-API-Key"
+_ERRORS = {401: {"description": "missing or wrong X-API-Key (when a key is configured)"},
+           413: {"description": "request body too large"},
+           503: {"description": "no model loaded yet"}}
+_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class PropensityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str = Field(min_length=1, max_length=128, description="REES46 user_session")
+    user_id: int | None = Field(None, ge=0, lt=2**63, description="the shopper, when known")
+    product_id: int | None = Field(None, ge=0, lt=2**63, description="the product on the page")
+    explain: bool = Field(False, description="add the top feature contributions")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[PropensityRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Contribution(BaseModel):
+    feature: str
+    value: float | None
+    contribution: float
+
+
+class PropensityResponse(BaseModel):
+    session_id: str
+    propensity: float = Field(ge=0, le=1, description="calibrated purchase probability")
+    model_version: str
+    degraded: bool = Field(description="the online store did not answer in time")
+    feature_age_seconds: float | None = Field(
+        description="age of the freshest session feature (None: unknown session)")
+    explanation: list[Contribution] | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[PropensityResponse]
+
+
+class Metrics:
+    """The scorer's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request = Histogram("propensity_request_seconds", "request latency",
+                                 ["endpoint"], buckets=_BUCKETS, registry=self.registry)
+        self.feature_read = Histogram("propensity_feature_read_seconds",
+                                      "online feature read latency", buckets=_BUCKETS,
+                                      registry=self.registry)
+        self.model = Histogram("propensity_model_seconds", "model latency per request",
+                               buckets=_BUCKETS, registry=self.registry)
+        self.degraded = Counter("propensity_degraded_total",
+                                "answers computed without the online store", ["reason"],
+                                registry=self.registry)
+        self.errors = Counter("propensity_errors_total", "requests that failed",
+                              ["endpoint"], registry=self.registry)
+        self.model_version = Gauge("propensity_model_info", "the loaded model (1)",
+                                   ["version"], registry=self.registry)
+
+
+class ModelHolder:
+    """The loaded model; `refresh` swaps in a new `latest` as one reference assignment, so a
+    request sees the old model or the new one, never a mix."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.model: PropensityModel | None = None
+
+    async def refresh(self) -> None:
+        version = await asyncio.to_thread(model_store.latest, self.settings)
+        if version is None or (self.model is not None and self.model.version == version):
+            return
+        model = await asyncio.to_thread(model_store.load, self.settings, version)
+        previous, self.model = self.model, model
+        if previous is not None:
+            self.metrics.model_version.remove(previous.version)
+        self.metrics.model_version.labels(version).set(1)
+        log.info("model %s loaded", version)
+
+    async def poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_poll_s)
+            try:
+                await self.refresh()
+            except Exception:  # the store may be briefly unreachable: keep serving
+                log.exception("model refresh failed; keeping %s",
+                              self.model.version if self.model else None)
+
+
+class BodyLimit:
+    """Refuses request bodies above a size with 413 before the app reads them (pure ASGI,
+    so it costs nothing on the hot path)."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                return await _error(send, 413, f"request body above {self.max_bytes} bytes")
+        received = 0
+
+        async def limited() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, f"request body above {self.max_bytes} bytes")
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+class ApiKey:
+    """When a key is configured, scoring requests without it in X-API-Key get 401; the
+    comparison takes constant time (pure ASGI: no per-request dependency resolution)."""
+
+    def __init__(self, app: Any, key: bytes) -> None:
+        self.app = app
+        self.key = key
+        self.header = API_KEY_HEADER.lower().encode()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if self.key and scope["type"] == "http" and scope["path"] in SCORING_PATHS:
+            given = next((v for k, v in scope.get("headers", ()) if k == self.header), b"")
+            if not hmac.compare_digest(given, self.key):
+                return await _error(send, 401, "missing or wrong API key",
+                                    [(b"www-authenticate", b"ApiKey")])
+        return await self.app(scope, receive, send)
+
+
+SCORING_PATHS = {"/v1/propensity": "propensity", "/v1/propensity/batch": "batch"}
+
+
+class RequestTimer:
+    """Request latency per scoring endpoint, and 5xx answers as errors (pure ASGI)."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        endpoint = SCORING_PATHS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None:
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        async def watched(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 500:
+                self.metrics.errors.labels(endpoint).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            self.metrics.request.labels(endpoint).observe(time.perf_counter() - started)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    """orjson straight to bytes: the answers are plain dicts built here, so they skip
+    FastAPI's response-model validation (the models document the API)."""
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+async def _error(send: Callable, status: int, detail: str,
+                 headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = orjson.dumps({"detail": detail})
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None) -> Any:
+    settings = settings or Settings()
+    metrics = Metrics()
+    holder = ModelHolder(settings, metrics)
+    api_key = (settings.serving_api_key.get_secret_value().encode()
+               if settings.serving_api_key else b"")
+    deadline_s = settings.serving_deadline_ms / 1000
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Clients bind to this event loop, so they are made here, not at import.
+        state["reader"] = (FeastFeatures(settings) if settings.serving_feast_async
+                           else RedisFeatures(settings))
+        try:
+            await holder.refresh()
+        except Exception:
+            log.exception("no model at start-up; /ready stays 503 until one loads")
+        # Everything loaded so far (Feast, LightGBM, the model) lives for good: out of the
+        # collector's sight, so a full collection does not stall requests for tens of ms.
+        gc.collect()
+        gc.freeze()
+        poller = asyncio.create_task(holder.poll())
+        yield
+        poller.cancel()
+        await state["reader"].close()
+
+    app = FastAPI(title="propensity scorer", version="1", lifespan=lifespan)
+
+    async def read(entities: list[Entities]) -> tuple[list[Found], bool]:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(deadline_s):  # no extra task, unlike wait_for
+                found = await state["reader"].read(entities)
+            return found, False
+        except TimeoutError:
+            metrics.degraded.labels("timeout").inc()
+        except Exception as error:  # Redis down, connection reset: answer without it
+            metrics.degraded.labels(type(error).__name__).inc()
+        finally:
+            metrics.feature_read.observe(time.perf_counter() - started)
+        return [empty() for _ in entities], True
+
+    def answer(model: PropensityModel, request: PropensityRequest, found: Found,
+               degraded: bool, now: datetime) -> dict[str, Any]:
+        propensity, row = scoring.score(model, scoring.model_values(found.values, now))
+        updated = found.session_updated_at()
+        out = {"session_id": request.session_id, "propensity": propensity,
+               "model_version": model.version, "degraded": degraded,
+               "feature_age_seconds": None if updated is None
+               else max(0.0, (now - updated).total_seconds())}
+        if request.explain:
+            out["explanation"] = scoring.explain(model, row)
+        return out
+
+    async def score(requests: list[PropensityRequest]) -> list[dict[str, Any]]:
+        model = holder.model  # one model for the whole request, even if a swap happens now
+        if model is None:
+            raise HTTPException(503, "no model loaded yet")
+        found, degraded = await read([Entities(r.session_id, r.user_id, r.product_id)
+                                      for r in requests])
+        started = time.perf_counter()
+        now = datetime.now(UTC)
+        results = [answer(model, r, f, degraded, now)
+                   for r, f in zip(requests, found, strict=True)]
+        metrics.model.observe(time.perf_counter() - started)
+        return results
+
+    @app.post("/v1/propensity", response_model=PropensityResponse, responses=_ERRORS)
+    async def propensity(request: PropensityRequest) -> Response:
+        (result,) = await score([request])
+        return _json(result)
+
+    @app.post("/v1/propensity/batch", response_model=BatchResponse, responses=_ERRORS)
+    async def propensity_batch(batch: BatchRequest) -> Response:
+        return _json({"results": await score(batch.requests)})
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        model = holder.model
+        try:
+            store_ok = await asyncio.wait_for(state["reader"].ping(), 0.5)
+        except Exception:
+            store_ok = False
+        body = {"model_version": model.version if model else None,
+                "online_store": "answering" if store_ok else "not answering"}
+        return _json(body, 200 if model and store_ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.state.holder = holder
+    gated = ApiKey(BodyLimit(app, settings.serving_max_body_bytes), api_key)
+    return RequestTimer(gated, metrics)
+
+
+def app_from_environment() -> Any:
+    """uvicorn's factory (`serving.app:app_from_environment`, with --factory)."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(Settings())
