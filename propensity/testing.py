@@ -10,6 +10,8 @@
 - `load_session_features(settings, path)`: a REES46 file's session features in Redis, as the
   streaming job leaves them (without running it).
 - `running_scorer(settings)`: `propensity serve` in a process of its own, ready, for a block.
+- `RedisProcess`: a redis-server of a test's own, which the test may stop and start again
+  (on the same port) to show what happens while Redis is away.
 """
 
 from __future__ import annotations
@@ -181,3 +183,44 @@ def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class RedisProcess:
+    """A redis-server on 127.0.0.1 that a test can stop and restart on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        from propensity.stack import redis_server_binary
+
+        self.binary = redis_server_binary()
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15) -> None:
+        import redis
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # as a crash would: no goodbye to the clients
+            self.process.wait()
+            self.process = None

@@ -177,7 +177,7 @@ class FeastFeatures:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.feature_store = feature_repo.store(settings)
+        self.feature_store = feature_repo.apply(settings)  # idempotent: the views exist
         self.views = [definitions.feature_view(settings, name) for name in VIEWS]
 
     async def read(self, requests: list[Entities]) -> list[Found]:

@@ -1,0 +1,265 @@
+"""The scorer as a real uvicorn process over a real redis-server, with a model from the S3
+(moto) model store: the contract, the batch endpoint, 422/401/413, the OpenAPI document
+fuzzed by schemathesis, Redis dying mid-run, and a model swap under load."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import httpx
+import hypothesis
+import pytest
+import schemathesis
+
+from propensity import events, model_store
+from propensity.model import COLUMN_NAMES, PropensityModel, encode
+from propensity.settings import Settings
+from propensity.testing import RedisProcess, isolated, load_session_features, running_scorer
+from serving import scoring
+from serving.online import Entities, FeastFeatures, RedisFeatures
+from tests.test_model import NOVEMBER, OCTOBER, points_without_history
+from training.dataset import LABEL
+from training.train import fit_booster, fit_calibration
+
+BUDGET_S = 0.1
+
+
+@pytest.fixture(scope="module")
+def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A model in the store, November's sessions in a redis-server of the module's own."""
+    folder = tmp_path_factory.mktemp("serving")
+    redis_server = RedisProcess(folder / "redis")
+    redis_server.start()
+    settings = isolated(stack, folder).model_copy(update={
+        "redis": redis_server.connection_string, "model_poll_s": 1.0})
+    _, valid = points_without_history(NOVEMBER)
+    booster = fit_booster(points_without_history(OCTOBER)[1], valid)
+    raw = PropensityModel(booster, COLUMN_NAMES).raw(encode(valid))
+    model = PropensityModel(booster, COLUMN_NAMES, fit_calibration(raw, valid[LABEL]),
+                            {"validation": {"roc_auc": 0.7}, "checks_passed": True})
+    version = model_store.register(settings, model.to_files(), 0.7, True).version
+    load_session_features(settings, NOVEMBER)
+    latest = events.validate_file(NOVEMBER).valid.groupby("user_session").tail(1)
+    keys = [{"session_id": r.user_session, "user_id": int(r.user_id),
+             "product_id": int(r.product_id)} for r in latest.itertuples()]
+    with running_scorer(settings) as url:
+        yield {"settings": settings, "url": url, "version": version, "keys": keys,
+               "redis": redis_server, "model": model}
+    redis_server.stop()
+
+
+def post(url: str, path: str, body: object, **kw: object) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=body, timeout=5, **kw)
+
+
+def test_scores_a_known_session_with_its_features(served: dict) -> None:
+    key = served["keys"][10]
+    response = post(served["url"], "/v1/propensity", {**key, "explain": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["session_id"] == key["session_id"]
+    assert 0 <= body["propensity"] <= 1
+    assert body["model_version"] == served["version"] and body["degraded"] is False
+    assert body["feature_age_seconds"] > 0  # November 2019's events: old, but known
+    assert 1 <= len(body["explanation"]) <= 5
+    assert {c["feature"] for c in body["explanation"]} <= set(COLUMN_NAMES)
+
+    # The same score from Feast's own online read, scored in this process.
+    settings, model = served["settings"], served["model"]
+    (found,) = asyncio.run(FeastFeatures(settings).read([Entities(**key)]))
+    values = scoring.model_values(found.values, datetime.now(UTC))
+    assert body["propensity"] == pytest.approx(scoring.score(model, values)[0], abs=1e-9)
+
+
+def test_an_unknown_session_is_scored_as_new_not_an_error(served: dict) -> None:
+    response = post(served["url"], "/v1/propensity", {"session_id": "never-seen"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["degraded"] is False and body["feature_age_seconds"] is None
+    assert 0 < body["propensity"] < 1
+
+
+def test_the_batch_endpoint_answers_in_order_up_to_100(served: dict) -> None:
+    keys = served["keys"][:100]
+    response = post(served["url"], "/v1/propensity/batch", {"requests": keys})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["session_id"] for r in results] == [k["session_id"] for k in keys]
+    single = post(served["url"], "/v1/propensity", keys[3]).json()
+    assert results[3]["propensity"] == pytest.approx(single["propensity"], abs=1e-6)
+    too_many = post(served["url"], "/v1/propensity/batch", {"requests": served["keys"][:101]})
+    assert too_many.status_code == 422
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "session_id"),
+    ({"session_id": ""}, "session_id"),
+    ({"session_id": "s", "user_id": "abc"}, "user_id"),
+    ({"session_id": "s", "product_id": -1}, "product_id"),
+    ({"session_id": "s", "colour": "red"}, "colour"),
+    ({"session_id": "x" * 129}, "session_id"),
+])
+def test_bad_input_gets_422_naming_the_field(served: dict, body: dict, field: str) -> None:
+    response = post(served["url"], "/v1/propensity", body)
+    assert response.status_code == 422
+    assert field in {str(part) for error in response.json()["detail"]
+                     for part in error["loc"]}
+
+
+def test_a_body_above_the_limit_gets_413(served: dict) -> None:
+    huge = {"session_id": "s", "padding": "x" * 100_000}
+    response = httpx.post(f"{served['url']}/v1/propensity", json=huge, timeout=5)
+    assert response.status_code == 413
+
+
+def test_health_ready_and_metrics(served: dict) -> None:
+    url = served["url"]
+    assert httpx.get(f"{url}/health").json() == {"status": "alive"}
+    ready = httpx.get(f"{url}/ready")
+    assert ready.status_code == 200 and ready.json()["model_version"] == served["version"]
+    post(url, "/v1/propensity", served["keys"][0])
+    metrics = httpx.get(f"{url}/metrics").text
+    info = f'propensity_model_info{{version="{served["version"]}"}}'
+    for name in ("propensity_request_seconds_bucket", "propensity_feature_read_seconds",
+                 "propensity_model_seconds", "propensity_degraded_total",
+                 "propensity_errors_total", info):
+        assert name in metrics, name
+
+
+def test_an_api_key_when_configured(served: dict) -> None:
+    settings = served["settings"].model_copy(update={"serving_api_key": "s3cret"})
+    with running_scorer(settings) as url:
+        body = served["keys"][0]
+        assert post(url, "/v1/propensity", body).status_code == 401
+        assert post(url, "/v1/propensity", body,
+                    headers={"X-API-Key": "wrong"}).status_code == 401
+        assert post(url, "/v1/propensity", body,
+                    headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/health").status_code == 200  # probes need no key
+
+
+def test_both_online_read_paths_return_the_same_features(served: dict) -> None:
+    settings = served["settings"]
+    entities = [Entities(**k) for k in served["keys"][:200]] + [Entities("never-seen", 1, 2)]
+
+    async def both() -> tuple[list, list]:
+        fast = RedisFeatures(settings)
+        try:
+            return await fast.read(entities), await FeastFeatures(settings).read(entities)
+        finally:
+            await fast.close()
+
+    fast, feast = asyncio.run(both())
+    assert sum(bool(f.updated_at) for f in fast) == 200
+    for ours, theirs in zip(fast, feast, strict=True):
+        assert ours.values == theirs.values
+        assert {v: t.replace(microsecond=0) for v, t in ours.updated_at.items()} == \
+            {v: t for v, t in theirs.updated_at.items()}
+
+
+def test_schemathesis_finds_no_server_error(served: dict) -> None:
+    url = served["url"]
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/propensity", "/v1/propensity/batch",
+                                               "/health", "/ready"}
+    for operation in operations:
+        modes = [schemathesis.GenerationMode.POSITIVE]
+        if operation.method.upper() == "POST":  # nothing to make invalid in a bare GET
+            modes.append(schemathesis.GenerationMode.NEGATIVE)
+        for mode in modes:
+            @hypothesis.settings(max_examples=40, deadline=None, database=None,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+            def no_5xx(case: schemathesis.Case) -> None:
+                response = case.call(base_url=url)
+                assert response.status_code < 500, (case.method, case.path, case.body,
+                                                    response.text)
+
+            no_5xx()
+
+
+async def _hammer(url: str, keys: list[dict], seconds: float, rate: float
+                  ) -> list[tuple[float, int, dict | None, float]]:
+    """Requests at a steady rate: (sent at, status, body, latency s) each."""
+    out: list[tuple[float, int, dict | None, float]] = []
+    async with httpx.AsyncClient(timeout=2) as client:
+        async def one(i: int) -> None:
+            started = time.monotonic()
+            try:
+                response = await client.post(f"{url}/v1/propensity", json=keys[i % len(keys)])
+                body = response.json() if response.status_code == 200 else None
+                out.append((started, response.status_code, body, time.monotonic() - started))
+            except httpx.HTTPError:
+                out.append((started, 0, None, time.monotonic() - started))
+
+        tasks = []
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < seconds:
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return sorted(out)
+
+
+def test_redis_dies_mid_run_answers_degrade_within_budget_then_recover(served: dict) -> None:
+    redis_server: RedisProcess = served["redis"]
+
+    async def scenario() -> list:
+        load = asyncio.create_task(_hammer(served["url"], served["keys"], 7, 100))
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis_server.stop)
+        await asyncio.sleep(2)
+        await asyncio.to_thread(redis_server.start)  # empty: sessions are unknown, not errors
+        return await load
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        if redis_server.process is None:
+            redis_server.start()
+        load_session_features(served["settings"], NOVEMBER)
+    statuses = {status for _, status, _, _ in results}
+    assert statuses == {200}, statuses  # never an error, let alone a 5xx
+    assert max(latency for *_, latency in results) < BUDGET_S
+    degraded = [body["degraded"] for _, _, body, _ in results]
+    assert any(degraded), "Redis was down for 2 s: some answers must say so"
+    assert not any(degraded[-50:]), "and the scorer recovers by itself"
+    assert not degraded[0]
+
+
+def test_a_new_latest_is_swapped_in_under_load_without_a_failed_request(served: dict) -> None:
+    settings, old = served["settings"], served["version"]
+    model: PropensityModel = served["model"]
+    newer = PropensityModel(model.booster, model.columns, model.calibration,
+                            {"validation": {"roc_auc": 0.8}, "checks_passed": True,
+                             "trained_on": "swap test"})
+
+    async def scenario() -> list:
+        load = asyncio.create_task(_hammer(served["url"], served["keys"], 6, 150))
+        await asyncio.sleep(1.5)
+        registration = await asyncio.to_thread(model_store.register, settings,
+                                               newer.to_files(), 0.8, True)
+        assert registration.promoted
+        return await load
+
+    try:
+        results = asyncio.run(scenario())
+        new = model_store.latest(settings)
+        versions = [body["model_version"] for _, status, body, _ in results if status == 200]
+        assert len(versions) == len(results), "no request failed"
+        assert versions[0] == old and versions[-1] == new
+        switched = versions.index(new)
+        assert set(versions[switched:]) == {new}, "once swapped, only the new model answers"
+    finally:
+        model_store.rollback(settings)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{served['url']}/ready").json()["model_version"] != old:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
