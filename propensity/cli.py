@@ -198,6 +198,16 @@ def _parser() -> argparse.ArgumentParser:
                              help="REES46 file whose sessions the events resample")
     bench_batch.set_defaults(handler=_bench_batch)
 
+    bench_serve = benches.add_parser(
+        "serve", help="the scorer under load, then `feast serve` under the same load")
+    bench_serve.add_argument("--rps", type=float, action="append", metavar="R",
+                             help="offered requests/s (repeatable; default 2000)")
+    bench_serve.add_argument("--duration", type=float, default=30, metavar="SECONDS")
+    bench_serve.add_argument("--workers", type=int, default=1, help="scorer processes")
+    bench_serve.add_argument("--shape", type=Path, default=SAMPLE,
+                             help="REES46 file whose sessions are written to Redis and asked for")
+    bench_serve.set_defaults(handler=_bench_serve)
+
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
     demo.add_argument("--keep-running", action="store_true",
@@ -441,6 +451,14 @@ def _bench_batch(args: argparse.Namespace) -> int:
 
     _log_to_stderr()
     print(run_batch_bench(Settings(), args.events, args.days, args.shape).format())
+    return 0
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from propensity.bench.serve import run_serve_bench
+
+    print(run_serve_bench(Settings(), args.rps or [2000.0], args.duration, args.shape,
+                          args.workers).format())
     return 0
 
 

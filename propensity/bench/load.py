@@ -4,7 +4,8 @@
 
 Request i is due at start + i / R whatever happened before; its latency runs from that due
 time to the end of its response, so a server that falls behind shows it (no coordinated
-omission). Requests go over C keep-alive HTTP/1.1 connections (raw asyncio streams on uvloop:
+omission); one unanswered 5 s after its due time counts as an error (the run stays
+bounded). Requests go over C keep-alive HTTP/1.1 connections (raw asyncio streams on uvloop:
 the generator must cost the 2-core machine little). `--bodies` is a JSON-lines file of request
 bodies, sent in turn. Prints one JSON object: sent, ok, errors by kind, achieved rate and
 latency percentiles in ms.
@@ -93,10 +94,16 @@ async def run_load(url: str, bodies: list[bytes], rps: float, duration_s: float,
         return heads[length]
 
     async def one(due: float, body: bytes) -> None:
-        connection = await idle.get()
+        # A request not answered within timeout_s of its due time, waiting for a connection
+        # included, is an error: the run ends at most timeout_s after the last one is due.
+        try:
+            connection = await asyncio.wait_for(idle.get(), due + timeout_s - time.perf_counter())
+        except TimeoutError:
+            result.errors["TimeoutError"] = result.errors.get("TimeoutError", 0) + 1
+            return
         try:
             status = await asyncio.wait_for(connection.request(head(len(body)), body),
-                                            timeout_s)
+                                            due + timeout_s - time.perf_counter())
             if status == 200:
                 result.ok += 1
                 result.latencies_ms.append((time.perf_counter() - due) * 1000)

@@ -1,0 +1,129 @@
+"""`propensity bench serve`: the scorer under open-loop load, then Feast's own feature server
+(`feast serve`, features only) under the same load, on the same repo and Redis.
+
+The stack's `latest` model is served; the session features of `--shape` (a REES46 file) are
+written to Redis first, so every request names a session, user and product that exist. The
+load generator is a process of its own (propensity/bench/load.py), on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+import feature_repo
+from propensity import events, model_store
+from propensity import features as F
+from propensity.settings import Settings
+from propensity.testing import free_port, load_session_features, running_scorer
+
+
+@dataclass
+class ServeBench:
+    sessions: int
+    model_version: str
+    rows: list[dict] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"{self.sessions} sessions of real events in Redis; model {self.model_version}; "
+                 "open-loop load, latency from each request's due time (ms)",
+                 f"{'server':<24} {'offered/s':>9} {'achieved/s':>10} {'p50':>7} {'p95':>7} "
+                 f"{'p99':>7} {'max':>8} {'errors':>7}"]
+        for row in self.rows:
+            lines.append(
+                f"{row['server']:<24} {row['offered_rps']:>9.0f} {row['achieved_rps']:>10.0f} "
+                f"{row['p50_ms']:>7.2f} {row['p95_ms']:>7.2f} {row['p99_ms']:>7.2f} "
+                f"{row['max_ms']:>8.1f} {sum(row['errors'].values()):>7}")
+        return "\n".join(lines)
+
+
+def _bodies(shape: Path, folder: Path) -> tuple[Path, Path, int]:
+    """Request bodies for the scorer and for `feast serve`, one per session (its last
+    event's user and product)."""
+    last = events.validate_file(shape).valid.groupby("user_session").tail(1)
+    ours, theirs = folder / "scorer.jsonl", folder / "feast.jsonl"
+    with ours.open("wb") as a, theirs.open("wb") as b:
+        for row in last.itertuples():
+            keys = {F.SESSION_ID: row.user_session, F.USER_ID: int(row.user_id),
+                    F.PRODUCT_ID: int(row.product_id)}
+            a.write(orjson.dumps(keys) + b"\n")
+            b.write(orjson.dumps({"feature_service": F.MODEL_SERVICE, "entities": {
+                k: [v] for k, v in keys.items()}}) + b"\n")
+    return ours, theirs, len(last)
+
+
+def _load(url: str, bodies: Path, rps: float, duration_s: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "propensity.bench.load", url, "--rps", str(rps),
+         "--duration", str(duration_s), "--bodies", str(bodies)],
+        capture_output=True, text=True, check=True, timeout=duration_s + 120)
+    return json.loads(done.stdout)
+
+
+@contextmanager
+def running_feast_server(settings: Settings, timeout_s: float = 90) -> Iterator[str]:
+    """`feast serve` (HTTP, one worker, no access log, no worker recycling) on the repo and
+    Redis of the settings."""
+    feature_repo.apply(settings)
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "feast"), "-c", str(feature_repo.REPO), "serve",
+         "-h", "127.0.0.1", "-p", str(port), "--no-access-log", "-w", "1",
+         # Tuned: gunicorn's default here restarts the worker every ~1,000 requests.
+         "--max-requests", "0", "--max-requests-jitter", "0"],
+        env={**os.environ, **settings.to_env()}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"feast serve exited: {process.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("feast serve did not answer") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_serve_bench(settings: Settings, rates: list[float], duration_s: float, shape: Path,
+                    workers: int = 1, warmup_s: float = 3) -> ServeBench:
+    version = model_store.latest(settings)
+    if version is None:
+        raise model_store.ModelStoreError("no `latest` model to serve: run `propensity train`")
+    load_session_features(settings, shape)
+    with tempfile.TemporaryDirectory(prefix="propensity-bench-serve-") as work:
+        ours, theirs, sessions = _bodies(shape, Path(work))
+        bench = ServeBench(sessions, version)
+        targets = ((f"scorer ({workers} worker{'s' * (workers > 1)})", running_scorer,
+                    {"workers": workers}, "/v1/propensity", ours),
+                   ("feast serve (features)", running_feast_server, {},
+                    "/get-online-features", theirs))
+        for name, start, options, path, bodies in targets:
+            with start(settings, **options) as url:
+                _load(url + path, bodies, 200, warmup_s)
+                for rate in rates:
+                    result = _load(url + path, bodies, rate, duration_s)
+                    bench.rows.append({"server": name, "offered_rps": rate, **result})
+    return bench
