@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
@@ -150,30 +151,26 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
-                   timeout_s: float = 60) -> Iterator[str]:
-    """`propensity serve` on 127.0.0.1 with these settings; yields its base URL once
-    /health answers; stops it (SIGTERM, then SIGKILL) after the block."""
+def running_http_server(name: str, argv: list[str], settings: Settings, port: int,
+                        timeout_s: float = 60) -> Iterator[str]:
+    """A server process started with the settings in its environment; yields its base URL
+    once GET /health answers; stops it (SIGTERM, then SIGKILL) after the block."""
     import urllib.request
 
-    port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port),
-         "--workers", str(workers)],
-        env={**os.environ, **settings.to_env()}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+    process = subprocess.Popen(argv, env={**os.environ, **settings.to_env()},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the scorer exited: {process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"{name} exited: {process.stderr.read().decode()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=1):
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the scorer did not answer on {url}") from None
+                    raise TimeoutError(f"{name} did not answer on {url}") from None
                 time.sleep(0.1)
         yield url
     finally:
@@ -183,6 +180,15 @@ def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
+                   ) -> contextlib.AbstractContextManager[str]:
+    """`propensity serve` on 127.0.0.1 with these settings, for a block (its base URL)."""
+    port = port or free_port()
+    return running_http_server(
+        "the scorer", [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port),
+                       "--workers", str(workers)], settings, port)
 
 
 class RedisProcess:

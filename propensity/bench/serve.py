@@ -8,15 +8,11 @@ load generator is a process of its own (propensity/bench/load.py), on the same m
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +22,12 @@ import feature_repo
 from propensity import events, model_store
 from propensity import features as F
 from propensity.settings import Settings
-from propensity.testing import free_port, load_session_features, running_scorer
+from propensity.testing import (
+    free_port,
+    load_session_features,
+    running_http_server,
+    running_scorer,
+)
 
 
 @dataclass
@@ -71,40 +72,16 @@ def _load(url: str, bodies: Path, rps: float, duration_s: float) -> dict:
     return json.loads(done.stdout)
 
 
-@contextmanager
-def running_feast_server(settings: Settings, timeout_s: float = 90) -> Iterator[str]:
+def running_feast_server(settings: Settings) -> contextlib.AbstractContextManager[str]:
     """`feast serve` (HTTP, one worker, no access log, no worker recycling) on the repo and
-    Redis of the settings."""
+    Redis of the settings, for a block (its base URL)."""
     feature_repo.apply(settings)
     port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "feast"), "-c", str(feature_repo.REPO), "serve",
-         "-h", "127.0.0.1", "-p", str(port), "--no-access-log", "-w", "1",
-         # Tuned: gunicorn's default here restarts the worker every ~1,000 requests.
-         "--max-requests", "0", "--max-requests-jitter", "0"],
-        env={**os.environ, **settings.to_env()}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"feast serve exited: {process.stderr.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("feast serve did not answer") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return running_http_server("feast serve", [
+        str(Path(sys.executable).parent / "feast"), "-c", str(feature_repo.REPO), "serve",
+        "-h", "127.0.0.1", "-p", str(port), "--no-access-log", "-w", "1",
+        # Tuned: gunicorn's default here restarts the worker every ~1,000 requests.
+        "--max-requests", "0", "--max-requests-jitter", "0"], settings, port, timeout_s=90)
 
 
 def run_serve_bench(settings: Settings, rates: list[float], duration_s: float, shape: Path,
