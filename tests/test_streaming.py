@@ -216,11 +216,13 @@ def _batches(settings: Settings) -> tuple[int, int]:
 def test_sigkill_mid_replay_then_restart_counts_every_event_once(pipeline: Settings,
                                                                  tmp_path: Path) -> None:
     log = tmp_path / "stream.log"
-    # 4.7 hours of real events at 700x: the replay goes on for about 25 s.
+    job = _stream_process(pipeline, log, "--trigger", "0.5", "--max-records-per-batch", "40")
+    # The replay starts once the query runs (its checkpoint metadata exists), however long
+    # Spark takes to start on a busy machine: 4.7 hours of real events at 700x, about 25 s.
+    wait_for(lambda: (Path(pipeline.checkpoint_dir) / "metadata").exists(), timeout_s=180)
     replaying = threading.Thread(target=send, args=(pipeline, COSMETICS),
                                  kwargs={"speed": 700.0, "events_per_record": 5})
     replaying.start()
-    job = _stream_process(pipeline, log, "--trigger", "0.5", "--max-records-per-batch", "40")
     try:
         # Kill while a batch is under way (planned, not committed) after two have committed.
         wait_for(lambda: _batches(pipeline)[1] >= 2 and
