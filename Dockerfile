@@ -1,5 +1,6 @@
 # One image for the streaming job, the scorer and the replayer of docker-compose.yml.
 # Java is there for Spark; every Python dependency is pinned by constraints.txt.
+#checkov:skip=CKV_DOCKER_2:one image for the streaming job, the replayer and the scorer (no HTTP in two of them); compose and Dockerfile.scorer give the scorer its health check
 FROM python:3.11.7-slim-bookworm
 
 RUN apt-get update \

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     serving_api_key: SecretStr | None = Field(None, alias="PROPENSITY_SERVING_API_KEY")
     serving_feast_async: bool = Field(False, alias="PROPENSITY_SERVING_FEAST_ASYNC")
 
+    # CloudWatch namespace of the streaming job's per-batch metrics; unset: none published.
+    metrics_namespace: str | None = Field(None, alias="PROPENSITY_METRICS_NAMESPACE")
+
     # Spark master for the jobs: "local[2]" embedded; empty keeps spark-submit's (EMR).
     spark_master: str = Field("local[2]", alias="PROPENSITY_SPARK_MASTER")
 

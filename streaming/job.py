@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,6 +23,7 @@ import feature_repo
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
+from streaming.metrics import CloudWatchMetrics, batch_metrics
 from streaming.parse import PARSED_SCHEMA, parse_batches
 from streaming.sessionize import BUCKETS, OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
 from streaming.sinks import MicroBatchSink
@@ -64,8 +66,9 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
 class ProgressLog(StreamingQueryListener):
     """One log line per micro-batch: Spark's progress joined with what the sink wrote."""
 
-    def __init__(self, sink: MicroBatchSink) -> None:
+    def __init__(self, sink: MicroBatchSink, metrics: CloudWatchMetrics | None = None) -> None:
         self.sink = sink
+        self.metrics = metrics
 
     def onQueryStarted(self, event: Any) -> None:
         log.info("query %s started (run %s)", event.name, event.runId)
@@ -82,6 +85,9 @@ class ProgressLog(StreamingQueryListener):
             report.sessions if report else 0, state_rows,
             report.quarantined if report else {}, progress.batchDuration / 1000,
             report.write_s if report else 0.0, statistics.median(freshness), max(freshness))
+        if self.metrics is not None:
+            self.metrics.publish(batch_metrics(progress.batchDuration, progress.numInputRows,
+                                               report.freshness_s if report else []))
         log.debug("batch %d durations (ms): %s; state: %s", progress.batchId,
                   progress.durationMs, [op.json for op in progress.stateOperators])
 
@@ -99,7 +105,8 @@ def start(settings: Settings, options: StreamOptions, spark: SparkSession
     progress listener (remove it with spark.streams.removeListener when done)."""
     feature_repo.apply(settings)
     sink = MicroBatchSink(settings)
-    listener = ProgressLog(sink)
+    listener = ProgressLog(sink, CloudWatchMetrics(settings) if settings.metrics_namespace
+                           else None)
     spark.streams.addListener(listener)
     query = build_query(spark, settings, options, sink)
     listener.query_id = str(query.id)
@@ -116,3 +123,15 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
         if query.isActive:
             query.stop()
         spark.streams.removeListener(listener)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The spark-submit entry point (the EMR streaming step): the same arguments as
+    `propensity stream`."""
+    from propensity.cli import main as cli_main
+
+    return cli_main(["stream", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,24 +1,30 @@
 """Where one micro-batch goes. Every write is idempotent per batch id, so a batch that Spark
 replays after a crash changes nothing:
 
-- the event lake: valid, de-duplicated events as Parquet, `<events>/date=D/batch-N.parquet`;
+- the event lake: valid, de-duplicated events as Parquet, `<events>/date=D/batch-...parquet`;
 - the feature archive (Feast's offline source): one snapshot per event and view,
-  `<features>/<view>/date=D/batch-N.parquet`;
+  `<features>/<view>/date=D/batch-...parquet`;
 - the quarantine: invalid and late events with payload and reason, partitioned by arrival date;
 - Redis in Feast's online format, through Feast's own conversion and Redis writer: only the
   latest snapshot per entity, which Feast skips when Redis already holds that instant or later.
 
-Object names depend only on the batch id and the date, so a replayed batch overwrites itself.
+Object names depend only on the checkpoint, the batch id and the date, so a replayed batch
+overwrites itself, and a job started afresh on a new checkpoint (batch ids from 0 again) never
+overwrites the objects of the old one: names carry the query's id, which Spark keeps for the
+life of a checkpoint (`batch-<query>-N.parquet`; `batch-N.parquet` for a sink used without one).
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -124,8 +130,23 @@ class MicroBatchSink:
         dates = pc.strftime(table.column(date_column), format="%Y-%m-%d")
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
-            path = f"{aws.s3_key(uri)}/date={date}/batch-{batch_id:012d}.parquet"
+            path = f"{aws.s3_key(uri)}/date={date}/batch-{self.query_tag}{batch_id:012d}.parquet"
             pq.write_table(part, path, filesystem=self.fs)
+
+    @functools.cached_property
+    def query_tag(self) -> str:
+        """`<first 8 hex digits of the query id>-` from the checkpoint's metadata (written by
+        Spark before the first batch), or "" when there is no checkpoint."""
+        directory = self.settings.checkpoint_dir.rstrip("/")
+        try:
+            if directory.startswith("s3://"):
+                with self.fs.open_input_stream(f"{aws.s3_key(directory)}/metadata") as stream:
+                    text = stream.read()
+            else:
+                text = Path(directory, "metadata").read_bytes()
+        except FileNotFoundError:  # anything else (S3 unreachable) fails the batch: retried
+            return ""
+        return json.loads(text.splitlines()[0])["id"].replace("-", "")[:8] + "-"
 
     # -- Redis (Feast online store) -------------------------------------------------------
 

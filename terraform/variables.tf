@@ -21,3 +21,124 @@ variable "kinesis_retention_hours" {
   type        = number
   default     = 72
 }
+
+variable "quarantine_retention_days" {
+  description = "How long rejected events stay in the quarantine bucket."
+  type        = number
+  default     = 90
+}
+
+variable "noncurrent_version_days" {
+  description = "How long superseded object versions are kept (recovery window)."
+  type        = number
+  default     = 30
+}
+
+variable "vpc_id" {
+  description = "Existing VPC for Redis, EMR and the scorer."
+  type        = string
+}
+
+variable "private_subnet_ids" {
+  description = "Existing private subnets (two or more, in different AZs)."
+  type        = list(string)
+}
+
+variable "shop_cidr_blocks" {
+  description = "Where the shop's backend calls the scorer's internal load balancer from."
+  type        = list(string)
+}
+
+variable "redis_node_type" {
+  description = "ElastiCache node type."
+  type        = string
+  default     = "cache.r7g.large"
+}
+
+variable "redis_replicas" {
+  description = "Replicas per shard (at least 1 for automatic failover)."
+  type        = number
+  default     = 1
+}
+
+variable "emr_release" {
+  description = "EMR release (Spark 3.5+, Python 3.11 via the bootstrap)."
+  type        = string
+  default     = "emr-7.5.0"
+}
+
+variable "emr_instance_type" {
+  description = "Instance type of the EMR primary and core nodes."
+  type        = string
+  default     = "m7g.xlarge"
+}
+
+variable "emr_core_count" {
+  description = "Core nodes of the streaming cluster."
+  type        = number
+  default     = 2
+}
+
+variable "batch_core_count" {
+  description = "Core nodes of each day's transient batch cluster."
+  type        = number
+  default     = 4
+}
+
+variable "batch_schedule" {
+  description = "When the daily batch runs (EventBridge Scheduler expression, UTC)."
+  type        = string
+  default     = "cron(30 0 * * ? *)"
+}
+
+variable "package_version" {
+  description = "Version of the propensity wheel in the artifacts bucket (make package)."
+  type        = string
+  default     = "0.1.0"
+}
+
+variable "scorer_image_tag" {
+  description = "Tag of the scorer image in ECR (immutable tags)."
+  type        = string
+}
+
+variable "scorer_cpu" {
+  description = "Fargate CPU units per scorer task."
+  type        = number
+  default     = 1024
+}
+
+variable "scorer_memory" {
+  description = "Fargate memory (MiB) per scorer task."
+  type        = number
+  default     = 2048
+}
+
+variable "scorer_min_tasks" {
+  description = "Scorer tasks always warm."
+  type        = number
+  default     = 2
+}
+
+variable "scorer_max_tasks" {
+  description = "Upper bound of scorer autoscaling."
+  type        = number
+  default     = 10
+}
+
+variable "scorer_requests_per_target" {
+  description = "Target requests per task per minute for autoscaling."
+  type        = number
+  default     = 60000
+}
+
+variable "scorer_certificate_arn" {
+  description = "ACM certificate of the scorer's internal HTTPS listener."
+  type        = string
+}
+
+variable "alarm_emails" {
+  description = "Who the alarms notify."
+  type        = list(string)
+  default     = []
+}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 import feature_repo
+from batch.lake import list_objects
 from propensity import aws, events
 from propensity import features as F
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
@@ -90,6 +92,10 @@ def test_features_equal_the_recomputation_and_feast_serves_the_latest(
     lake = read(pipeline, pipeline.events_uri)
     assert sorted(lake["event_id"]) == sorted(expected["event_id"])  # one row per event
     assert read(pipeline, pipeline.quarantine_uri).empty  # replay sends valid events only
+    # Objects carry the query's id: a later run on a new checkpoint cannot overwrite them.
+    query = json.loads((Path(pipeline.checkpoint_dir) / "metadata").read_text())["id"]
+    names = [Path(path).name for path, _ in list_objects(pipeline, pipeline.events_uri)]
+    assert names and all(n.startswith(f"batch-{query.replace('-', '')[:8]}-") for n in names)
 
     latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
     got = online(pipeline, F.SESSION_VIEW, F.SESSION_FEATURE_NAMES,

@@ -1,0 +1,42 @@
+"""The streaming job's own CloudWatch metrics (when PROPENSITY_METRICS_NAMESPACE is set):
+micro-batch duration, input rows and feature freshness, one data point each per batch. The
+deployment alarms on the batch duration (terraform/alarms.tf). A failed publish is logged
+and dropped: metrics never stop the job."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any
+
+from propensity import aws
+from propensity.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def batch_metrics(duration_ms: float, input_rows: int, freshness_s: list[float]
+                  ) -> list[dict[str, Any]]:
+    """CloudWatch metric data of one micro-batch."""
+    data = [{"MetricName": "StreamingBatchDurationMs", "Value": float(duration_ms),
+             "Unit": "Milliseconds"},
+            {"MetricName": "StreamingInputRows", "Value": float(input_rows), "Unit": "Count"}]
+    if freshness_s:
+        data.append({"MetricName": "StreamingFreshnessP50Seconds",
+                     "Value": float(statistics.median(freshness_s)), "Unit": "Seconds"})
+    return data
+
+
+class CloudWatchMetrics:
+    def __init__(self, settings: Settings, client: Any = None) -> None:
+        self.settings = settings
+        self.namespace = settings.metrics_namespace
+        self._client = client
+
+    def publish(self, data: list[dict[str, Any]]) -> None:
+        try:
+            if self._client is None:
+                self._client = aws.client("cloudwatch", self.settings)
+            self._client.put_metric_data(Namespace=self.namespace, MetricData=data)
+        except Exception:
+            log.warning("could not publish streaming metrics", exc_info=True)
