@@ -210,6 +210,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
+    demo.add_argument("--speed", type=float, default=80.0,
+                      help="replay at N times the original pace (default 80: the sample's "
+                           "3 hours in about 2 minutes)")
+    demo.add_argument("--duration", type=float, default=150.0, metavar="SECONDS",
+                      help="stop the replay after this long (default 150)")
+    demo.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+                      help="earlier REES46 file to import and batch first (repeatable)")
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the demo's stack running at the end")
     demo.set_defaults(handler=_demo)
@@ -476,7 +483,8 @@ def _log_to_stderr(verbose: bool = False) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from propensity.demo import run_demo
 
-    return run_demo(Settings(), args.file, keep_running=args.keep_running)
+    return run_demo(Settings(), args.file, keep_running=args.keep_running, speed=args.speed,
+                    duration_s=args.duration, history=args.history)
 
 
 if __name__ == "__main__":

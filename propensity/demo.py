@@ -1,13 +1,19 @@
 """`propensity demo`: the system end to end on real clickstream, on this machine.
 
-It grows with each capability. Today: a fresh local stack; the bundled REES46 sample replayed
-into Kinesis and read back from every shard; the streaming job run over it; then the session
-features served by Feast from Redis, checked against a recomputation from the file.
+A fresh local stack; optional history through the daily batch; the shipped model as `latest`;
+the streaming job and the scorer running while the bundled REES46 sample is replayed at a
+chosen speed and a small shop backend asks for propensities of live sessions (live view in
+propensity/live_demo.py); then Feast's online features checked against the fold over the
+events sent, a summary, and a report with plots.
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
+import shutil
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,59 +22,12 @@ import pandas as pd
 
 from propensity import aws, events
 from propensity import features as F
-from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_events
-from propensity.replay import replay
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.replay import send_events
 from propensity.settings import Settings
 from propensity.stack import LocalStack
 
 EVENTS_PER_RECORD = 10  # moto takes ~2k records/s; packing keeps the demo quick
-
-
-def describe_arrivals(arrived: events.Validated) -> str:
-    """A short account of what a stream holds (see kinesis.read_events)."""
-    valid = arrived.valid
-    shards = valid.groupby("shard_id").size()
-    types = valid["event_type"].value_counts()
-    return "\n".join([
-        f"  records     {len(valid[['shard_id', 'sequence_number']].drop_duplicates()):>10,}  ("
-        + ", ".join(f"{s}: {n:,} events" for s, n in shards.items()) + ")",
-        f"  events      {len(valid):>10,}  ("
-        + ", ".join(f"{t}: {n:,}" for t, n in types.items()) + ")",
-        f"  distinct    {valid['event_id'].nunique():>10,}  events by identity",
-        f"  sessions    {valid['user_session'].nunique():>10,}  of "
-        f"{valid['user_id'].nunique():,} users",
-        f"  time range  {valid['event_time'].min()} .. {valid['event_time'].max()}",
-        f"  invalid     {len(arrived.invalid):>10,}",
-    ])
-
-
-def stream_and_check(settings: Settings, file: Path) -> bool:
-    """Run the streaming job until idle, then compare what Feast serves with the file."""
-    import feature_repo
-    from streaming.job import StreamOptions, run
-
-    started = time.monotonic()
-    run(settings, StreamOptions(until_idle=True))
-    print(f"      processed in {time.monotonic() - started:.1f} s (Spark start included)")
-    valid = events.validate_file(file).valid
-    expected = F.snapshots(valid, settings.session_timeout_s)
-    latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
-    served = feature_repo.store(settings).get_online_features(
-        features=[f"{F.SESSION_VIEW}:{name}" for name in F.SESSION_FEATURE_NAMES],
-        entity_rows=[{F.SESSION_ID: s} for s in latest[F.SESSION_ID]]).to_df()
-    want = latest[[F.SESSION_ID, *F.SESSION_FEATURE_NAMES]].reset_index(drop=True)
-    mismatched = _mismatched_rows(served[want.columns], want)
-    busiest = served.sort_values(["purchase_count", "add_to_cart_count", "event_count"],
-                                 ascending=False).head(5)
-    print("      the busiest sessions, as Feast serves them from Redis:")
-    print(busiest[[F.SESSION_ID, "event_count", "view_count", "add_to_cart_count",
-                   "purchase_count", "cart_value", "last_event_type"]].to_string(index=False))
-    if mismatched:
-        print(f"MISMATCH: {mismatched} of {len(want):,} sessions differ from the recomputation")
-        return False
-    print(f"      online features of all {len(want):,} sessions equal the recomputation from "
-          "the file")
-    return True
 
 
 def _mismatched_rows(got: pd.DataFrame, want: pd.DataFrame) -> int:
@@ -82,37 +41,135 @@ def _mismatched_rows(got: pd.DataFrame, want: pd.DataFrame) -> int:
     return int((~same).sum())
 
 
-def run_demo(settings: Settings, file: Path, keep_running: bool = False) -> int:
+SHIPPED_MODEL = Path(__file__).parent / "data" / "model"
+
+
+def register_shipped_model(settings: Settings) -> str:
+    """The model shipped in the package (trained on REES46 cosmetics October, validated on
+    November: see its model card) as the demo store's `latest`."""
+    from propensity import model_store
+
+    files = {p.name: p.read_bytes() for p in SHIPPED_MODEL.iterdir() if p.is_file()}
+    version = model_store.put_version(settings, files)
+    model_store.promote(settings, version)
+    return version
+
+
+def frames_until(file: Path, deadline: float, rows: int = 200):
+    """The file's valid events in small frames, until the deadline (monotonic time)."""
+    for chunk in events.read_csv(file):
+        valid = events.validate(chunk).valid
+        for start in range(0, len(valid), rows):
+            if time.monotonic() > deadline:
+                return
+            yield valid.iloc[start:start + rows]
+
+
+def check_online(settings: Settings, file: Path, sent: int, wait_s: float = 90) -> bool:
+    """Feast's online session features equal the fold over the events sent, once the
+    streaming job has caught up (asked again every 2 s for up to `wait_s`)."""
+    import feature_repo
+
+    valid = events.validate_file(file).valid.iloc[:sent]
+    expected = F.snapshots(valid, settings.session_timeout_s)
+    latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
+    want = latest[[F.SESSION_ID, *F.SESSION_FEATURE_NAMES]].reset_index(drop=True)
+    store = feature_repo.store(settings)
+
+    def served() -> pd.DataFrame:
+        return store.get_online_features(
+            features=[f"{F.SESSION_VIEW}:{name}" for name in F.SESSION_FEATURE_NAMES],
+            entity_rows=[{F.SESSION_ID: s} for s in latest[F.SESSION_ID]]).to_df()
+
+    deadline = time.monotonic() + wait_s
+    while mismatched := _mismatched_rows(served()[want.columns], want):
+        if time.monotonic() > deadline:
+            print(f"MISMATCH: {mismatched} of {len(want):,} sessions differ from the "
+                  "recomputation")
+            return False
+        time.sleep(2)
+    print(f"      online features of all {len(want):,} sessions equal the recomputation from "
+          f"the {sent:,} events sent")
+    return True
+
+
+def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: float = 80.0,
+             duration_s: float = 150.0, history: list[Path] | None = None) -> int:
+    from propensity import live_demo
+    from propensity.testing import running_scorer
+
     stack = LocalStack(settings.home / "demo")
     stack.down()  # a fresh stream every time: what arrives is this run's alone
-    print("[1/4] starting the local stack (redis-server, moto) ...")
+    print("[1/6] starting the local stack (redis-server, moto) ...")
     started = time.monotonic()
-    demo_settings = stack.up()
-    print(f"      up in {time.monotonic() - started:.1f} s: redis {demo_settings.redis}, "
-          f"AWS endpoint {demo_settings.aws_endpoint_url}")
+    demo = stack.up()
+    # This run's stream is new: so are its checkpoint (offsets, session state) and job log.
+    shutil.rmtree(demo.checkpoint_dir, ignore_errors=True)
+    print(f"      up in {time.monotonic() - started:.1f} s: redis {demo.redis}, "
+          f"AWS endpoint {demo.aws_endpoint_url}")
+    stream_job = None
+    watch = live_demo.Watch()
     try:
-        print(f"[2/4] replaying {file} into Kinesis ...")
-        kinesis = aws.client("kinesis", demo_settings)
-        sent = replay(file, KinesisWriter(kinesis, demo_settings.kinesis_stream),
-                      ShardMap(list_shards(kinesis, demo_settings.kinesis_stream)),
-                      events_per_record=EVENTS_PER_RECORD)
-        print(sent.format())
-        print("[3/4] reading the stream back from every shard ...")
-        arrived = read_events(kinesis, demo_settings.kinesis_stream)
-        print(describe_arrivals(arrived))
-        distinct_sent = sent.sent - sent.duplicates
-        got, distinct_got = len(arrived.valid), arrived.valid["event_id"].nunique()
-        if (got, distinct_got) != (sent.sent, distinct_sent) or len(arrived.invalid):
-            print(f"MISMATCH: sent {sent.sent:,} events ({distinct_sent:,} distinct), "
-                  f"{got:,} arrived ({distinct_got:,} distinct)")
-            return 1
-        print(f"      every one of the {sent.sent:,} valid events arrived exactly once")
-        print("[4/4] the streaming job: Kinesis -> session state -> Redis (Feast) and S3 ...")
-        return 0 if stream_and_check(demo_settings, file) else 1
+        print("[2/6] history and the daily batch ...")
+        if history:
+            from batch.job import run as run_batch
+
+            summary = run_batch(demo, argparse.Namespace(imports=history, as_of=None,
+                                                         first=None, last=None))
+            print("      " + summary.format().replace("\n", "\n      "))
+        else:
+            print("      no --history given: user and product features start empty (the "
+                  "bundled sample is one day; the batch publishes a day once it has ended)")
+        print("[3/6] the model: the shipped one becomes the store's `latest` ...")
+        version = register_shipped_model(demo)
+        print(f"      {version} (LightGBM, REES46 cosmetics Oct -> Nov; see "
+              "propensity/data/model/model_card.md)")
+        print("[4/6] starting the streaming job and the scorer ...")
+        log = stack.dir / "demo-stream.log"
+        stream_job = live_demo.start_stream_job(demo, log)
+        with running_scorer(demo) as url:
+            print(f"      scorer on {url}; streaming job log {log}")
+            print(f"[5/6] replaying {file} at {speed:g}x for up to {duration_s:.0f} s, while "
+                  "the shop asks for propensities ...")
+            kinesis = aws.client("kinesis", demo)
+            shop = live_demo.Shop(url, watch)
+            shop.start()
+            deadline = time.monotonic() + duration_s
+
+            def replay_live() -> None:
+                send_events(frames_until(file, deadline),
+                            KinesisWriter(kinesis, demo.kinesis_stream),
+                            ShardMap(list_shards(kinesis, demo.kinesis_stream)), speed=speed,
+                            events_per_record=EVENTS_PER_RECORD, progress=False,
+                            on_sent=watch.on_sent)
+
+            replayer = threading.Thread(target=replay_live, daemon=True)
+            replayer.start()
+            redraw = sys.stdout.isatty()  # a live block on a terminal, a log elsewhere
+            while replayer.is_alive():
+                replayer.join(3)
+                watch.read_job_log(log)
+                print(("\033[H\033[J" if redraw else "") + watch.view(), flush=True)
+            time.sleep(4)  # the last micro-batches reach Redis
+            shop.stop()
+            watch.read_job_log(log)
+        print("[6/6] checking what Feast serves, and the report ...")
+        ok = check_online(demo, file, watch.sent)
+        path = live_demo.report(watch, settings.home / "demo-report", version, watch.sent)
+        answers = watch.answers
+        latencies = [a.latency_ms for a in answers] or [0.0]
+        print(f"summary: {watch.sent:,} events replayed in {time.monotonic() - watch.started:.0f}"
+              f" s; {len(answers):,} propensities served ({watch.errors} errors, "
+              f"{sum(a.degraded for a in answers)} degraded), latency p50 "
+              f"{np.percentile(latencies, 50):.1f} ms p99 {np.percentile(latencies, 99):.1f} ms;"
+              f" freshness p50 {np.median(watch.freshness_p50_s or [0]):.2f} s; report {path}")
+        return 0 if ok and not watch.errors else 1
     finally:
+        if stream_job is not None:
+            live_demo.stop_process(stream_job)
         if keep_running:
             print("the demo stack keeps running; attach a shell with:")
-            for name, value in sorted(demo_settings.to_env().items()):
+            for name, value in sorted(demo.to_env().items()):
                 print(f"  export {name}={shlex.quote(value)}")
         else:
             stack.down()

@@ -1,0 +1,220 @@
+"""The live part of `propensity demo`: the streaming job and the scorer running, the bundled
+sample replayed at a chosen speed, and a small "shop backend" asking for the propensity of
+sessions as they happen; a live view while it runs, then a summary and a report with plots.
+
+Pieces: `Shop` (the backend: asks the scorer about recently active sessions), `Watch` (what
+the view shows: replay rate, the streaming job's freshness from its log, scorer latency, top
+sessions), `report` (markdown and PNGs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from propensity.replay import SentEvent
+from propensity.settings import Settings
+
+FRESHNESS = re.compile(r"freshness p50 ([\d.]+) s max ([\d.]+) s")
+
+
+@dataclass
+class Answer:
+    at: float  # seconds since the demo's start
+    session_id: str
+    propensity: float
+    latency_ms: float
+    degraded: bool
+
+
+@dataclass
+class Watch:
+    """Everything the live view and the report read; filled by the replay callback, the shop
+    and the streaming job's log."""
+
+    started: float = field(default_factory=time.monotonic)
+    sent: int = 0
+    sent_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+    active: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+    answers: list[Answer] = field(default_factory=list)
+    errors: int = 0
+    freshness_p50_s: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_sent(self, events: list[SentEvent], at: float) -> None:
+        with self.lock:
+            self.sent += len(events)
+            self.sent_times.append((time.monotonic(), len(events)))
+            for event in events:  # most recently active sessions last
+                self.active.pop(event.key, None)
+                self.active[event.key] = time.monotonic()
+            while len(self.active) > 2000:
+                self.active.popitem(last=False)
+
+    def recent_sessions(self, n: int) -> list[str]:
+        with self.lock:
+            return list(self.active)[-n:]
+
+    def events_per_s(self, window_s: float = 5.0) -> float:
+        now = time.monotonic()
+        with self.lock:
+            recent = sum(n for t, n in self.sent_times if now - t <= window_s)
+        return recent / window_s
+
+    def read_job_log(self, log: Path) -> None:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        self.freshness_p50_s = [float(m.group(1)) for m in FRESHNESS.finditer(text)]
+
+    def view(self) -> str:
+        elapsed = time.monotonic() - self.started
+        latencies = [a.latency_ms for a in self.answers[-500:]]
+        lat = (f"p50 {np.percentile(latencies, 50):.1f} ms, p99 "
+               f"{np.percentile(latencies, 99):.1f} ms" if latencies else "waiting")
+        fresh = (f"{self.freshness_p50_s[-1]:.2f} s (p50 of the last batch)"
+                 if self.freshness_p50_s else "waiting for the first batch")
+        latest: dict[str, Answer] = {}
+        for answer in self.answers[-2000:]:
+            latest[answer.session_id] = answer
+        top = sorted(latest.values(), key=lambda a: -a.propensity)[:5]
+        lines = [f"--- {elapsed:5.0f} s -----------------------------------------------------",
+                 f"events replayed   {self.sent:>8,}   ({self.events_per_s():,.0f}/s now)",
+                 f"feature freshness {fresh}",
+                 f"scorer            {len(self.answers):,} answers, {self.errors} errors, {lat}",
+                 "top sessions by propensity:"]
+        lines += [f"  {a.session_id}  {a.propensity:.3f}" for a in top] or ["  (none yet)"]
+        return "\n".join(lines)
+
+
+class Shop:
+    """The shop's backend: while running, asks the scorer about the sessions active most
+    recently, `rate` requests a second, in a thread with its own event loop."""
+
+    def __init__(self, url: str, watch: Watch, rate: float = 20.0) -> None:
+        self.url, self.watch, self.rate = url, watch, rate
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="shop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
+        pending: set[asyncio.Task] = set()
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while not self._stop.is_set():
+                for session in self.watch.recent_sessions(3):
+                    task = asyncio.create_task(self._ask(client, session))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                await asyncio.sleep(3 / self.rate)
+            await asyncio.gather(*pending)  # let the last answers land
+
+    async def _ask(self, client: httpx.AsyncClient, session: str) -> None:
+        started = time.monotonic()
+        try:
+            response = await client.post(f"{self.url}/v1/propensity",
+                                         json={"session_id": session})
+            body = response.json()
+            if response.status_code != 200:
+                raise ValueError(body)
+            self.watch.answers.append(Answer(
+                started - self.watch.started, session, body["propensity"],
+                (time.monotonic() - started) * 1000, body["degraded"]))
+        except (httpx.HTTPError, ValueError, KeyError):
+            self.watch.errors += 1
+
+
+def start_stream_job(settings: Settings, log: Path) -> subprocess.Popen:
+    """`propensity stream` (continuous, 1 s trigger) in a process group of its own; its
+    output goes to `log` (overwritten)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "propensity.cli", "stream", "--trigger", "1"],
+            env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"},
+            stdout=out, stderr=out, start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def report(watch: Watch, folder: Path, model_version: str, sent: int) -> Path:
+    """report.md with propensity-over-time, latency and freshness plots; returns its path."""
+    from matplotlib.figure import Figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    answers = watch.answers
+    by_session: dict[str, list[Answer]] = collections.defaultdict(list)
+    for answer in answers:
+        by_session[answer.session_id].append(answer)
+    followed = sorted(by_session, key=lambda s: -len(by_session[s]))[:6]
+
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot()
+    for session in followed:
+        points = by_session[session]
+        axis.plot([a.at for a in points], [a.propensity for a in points], ".-",
+                  label=session[:8])
+    axis.set(xlabel="seconds into the demo", ylabel="propensity",
+             title="propensity over time, the most asked-about sessions")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(folder / "propensity.png", dpi=100)
+
+    latencies = np.array([a.latency_ms for a in answers]) if answers else np.array([0.0])
+    figure = Figure(figsize=(6, 3.5))
+    axis = figure.add_subplot()
+    axis.hist(latencies, bins=50)
+    axis.set(xlabel="scorer latency seen by the shop (ms)", ylabel="requests",
+             title="scorer latency")
+    figure.tight_layout()
+    figure.savefig(folder / "latency.png", dpi=100)
+
+    fresh = np.array(watch.freshness_p50_s) if watch.freshness_p50_s else np.array([0.0])
+    figure = Figure(figsize=(6, 3.5))
+    axis = figure.add_subplot()
+    axis.hist(fresh, bins=30)
+    axis.set(xlabel="event arrival -> readable in Redis, p50 per micro-batch (s)",
+             ylabel="micro-batches", title="feature freshness")
+    figure.tight_layout()
+    figure.savefig(folder / "freshness.png", dpi=100)
+
+    lines = [
+        "# propensity demo report", "",
+        f"- events replayed: {sent:,}",
+        f"- model: {model_version}",
+        f"- scorer answers: {len(answers):,}, errors {watch.errors}, degraded "
+        f"{sum(a.degraded for a in answers)}; latency p50 {np.percentile(latencies, 50):.1f} ms,"
+        f" p99 {np.percentile(latencies, 99):.1f} ms",
+        f"- feature freshness (p50 per micro-batch): median {np.median(fresh):.2f} s, max "
+        f"{fresh.max():.2f} s over {len(watch.freshness_p50_s)} batches", "",
+        "![propensity over time](propensity.png)", "",
+        "![scorer latency](latency.png)", "",
+        "![feature freshness](freshness.png)", "",
+    ]
+    path = folder / "report.md"
+    path.write_text("\n".join(lines))
+    return path
