@@ -44,6 +44,7 @@ MAX_BATCH = 100
 API_KEY_HEADER = "X-API-Key"
 _ERRORS = {401: {"description": "missing or wrong X-API-Key (when a key is configured)"},
            413: {"description": "request body too large"},
+           429: {"description": "overloaded: too many requests in progress, retry shortly"},
            503: {"description": "no model loaded yet"}}
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
@@ -100,6 +101,9 @@ class Metrics:
                                 registry=self.registry)
         self.errors = Counter("propensity_errors_total", "requests that failed",
                               ["endpoint"], registry=self.registry)
+        self.shed = Counter("propensity_shed_total",
+                            "scoring requests refused with 429 (too many in progress)",
+                            registry=self.registry)
         self.model_version = Gauge("propensity_model_info", "the loaded model (1)",
                                    ["version"], registry=self.registry)
 
@@ -180,6 +184,30 @@ class ApiKey:
 
 
 SCORING_PATHS = {"/v1/propensity": "propensity", "/v1/propensity/batch": "batch"}
+
+
+class LoadShedder:
+    """At most `limit` scoring requests in progress; one more gets 429 with Retry-After at
+    once (pure ASGI, before any parsing), so overload costs the shop a fast "not now" rather
+    than a queue in which every request grows slow."""
+
+    def __init__(self, app: Any, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.in_progress = 0
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] not in SCORING_PATHS:
+            return await self.app(scope, receive, send)
+        if self.in_progress >= self.limit:
+            self.metrics.shed.inc()
+            return await _error(send, 429, "overloaded: retry shortly", [(b"retry-after", b"1")])
+        self.in_progress += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
 
 
 class RequestTimer:
@@ -319,7 +347,7 @@ def create_app(settings: Settings | None = None) -> Any:
 
     app.state.holder = holder
     gated = ApiKey(BodyLimit(app, settings.serving_max_body_bytes), api_key)
-    return RequestTimer(gated, metrics)
+    return RequestTimer(LoadShedder(gated, settings.serving_max_in_progress, metrics), metrics)
 
 
 def app_from_environment() -> Any:

@@ -263,3 +263,22 @@ def test_a_new_latest_is_swapped_in_under_load_without_a_failed_request(served: 
             assert time.monotonic() < deadline
             time.sleep(0.2)
 
+
+
+def test_overload_is_shed_with_429_not_queued(served: dict) -> None:
+    settings = served["settings"].model_copy(update={"serving_max_in_progress": 1})
+    with running_scorer(settings) as url:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=5) as client:
+                return await asyncio.gather(*[
+                    client.post(f"{url}/v1/propensity", json=key)
+                    for key in served["keys"][:80]])
+
+        responses = asyncio.run(burst())
+        statuses = [r.status_code for r in responses]
+        assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and 200 in statuses
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1"
+        shed = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
+                if line.startswith("propensity_shed_total ")]
+        assert shed and float(shed[0].split()[1]) == statuses.count(429)
