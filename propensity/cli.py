@@ -208,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
                              help="REES46 file whose sessions are written to Redis and asked for")
     bench_serve.set_defaults(handler=_bench_serve)
 
+    bench_chaos = benches.add_parser(
+        "chaos", help="faults under load: job kills, Redis restarts, scorer overload")
+    bench_chaos.add_argument("--short", action="store_true",
+                             help="the quick form (CI): fewer kills, shorter loads")
+    bench_chaos.add_argument("--file", type=Path, default=SAMPLE,
+                             help="REES46 file replayed and served (default: the sample)")
+    bench_chaos.set_defaults(handler=_bench_chaos)
+
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
     demo.add_argument("--speed", type=float, default=80.0,
@@ -467,6 +475,14 @@ def _bench_serve(args: argparse.Namespace) -> int:
     print(run_serve_bench(Settings(), args.rps or [2000.0], args.duration, args.shape,
                           args.workers).format())
     return 0
+
+
+def _bench_chaos(args: argparse.Namespace) -> int:
+    from propensity.bench.chaos import run_chaos, verdict
+
+    outcomes = run_chaos(Settings(), args.file, args.short)
+    print(verdict(outcomes))
+    return 0 if all(o.passed for o in outcomes) else 1
 
 
 def _log_to_stderr(verbose: bool = False) -> None:

@@ -10,6 +10,8 @@
 - `load_session_features(settings, path)`: a REES46 file's session features in Redis, as the
   streaming job leaves them (without running it).
 - `running_scorer(settings)`: `propensity serve` in a process of its own, ready, for a block.
+- `steady_requests(url, bodies, seconds, rate)`: scoring requests at a steady rate, with
+  each one's status, answer and latency.
 - `RedisProcess`: a redis-server of a test's own, which the test may stop and start again
   (on the same port) to show what happens while Redis is away.
 """
@@ -230,3 +232,36 @@ class RedisProcess:
             self.process.kill()  # as a crash would: no goodbye to the clients
             self.process.wait()
             self.process = None
+
+
+async def steady_requests(url: str, bodies: Sequence[dict], seconds: float, rate: float
+                          ) -> list[tuple[float, int, dict | None, float]]:
+    """POST /v1/propensity at a steady rate for `seconds`, cycling through `bodies`:
+    (started, status (0: no answer), answer body when 200, latency ms) per request, in the
+    order they started."""
+    import asyncio
+
+    import httpx
+
+    out: list[tuple[float, int, dict | None, float]] = []
+    async with httpx.AsyncClient(timeout=2) as client:
+        async def one(i: int) -> None:
+            started = time.monotonic()
+            try:
+                response = await client.post(f"{url}/v1/propensity",
+                                             json=bodies[i % len(bodies)])
+                body = response.json() if response.status_code == 200 else None
+                out.append((started, response.status_code, body,
+                            (time.monotonic() - started) * 1000))
+            except httpx.HTTPError:
+                out.append((started, 0, None, (time.monotonic() - started) * 1000))
+
+        tasks = []
+        start = time.monotonic()
+        i = 0
+        while time.monotonic() - start < seconds:
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return sorted(out, key=lambda row: row[0])
