@@ -94,8 +94,10 @@ def with_request_time_features(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(**derived)
 
 
-def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.DataFrame, dict]:
-    """Points with features for a REES46 file (its days must be in the batch's snapshots)."""
+def from_file(settings: Settings, path: str | Path, work: Path
+              ) -> tuple[pd.DataFrame, events.Validated]:
+    """Points with features for a REES46 file (its days must be in the batch's snapshots),
+    and the file through the event contract."""
     checked = events.validate_file(path)
     snapshots = F.snapshots(checked.valid, settings.session_timeout_s)
     archive = work / "archive"
@@ -105,8 +107,7 @@ def from_file(settings: Settings, path: str | Path, work: Path) -> tuple[pd.Data
     local = settings.model_copy(update={"feast_registry": str(work / "registry.db")})
     store = feature_repo.store(local)
     store.apply(definitions.build(local, session_archive=str(archive)))
-    return historical_features(store, local, prediction_points(snapshots)), dict(
-        checked.reason_counts())
+    return historical_features(store, local, prediction_points(snapshots)), checked
 
 
 def from_lake(settings: Settings) -> pd.DataFrame:
@@ -126,9 +127,10 @@ def from_lake(settings: Settings) -> pd.DataFrame:
 
 
 def file_points(settings: Settings, files: list[Path], history: list[Path],
-                spark: object = None) -> list[tuple[pd.DataFrame, dict[str, int]]]:
-    """Points with every model feature for each of `files`, and its invalid-row counts: the
-    batch runs once over the days of all files and the history first."""
+                spark: object = None) -> list[tuple[pd.DataFrame, events.Validated]]:
+    """Points with every model feature for each of `files`, and the file through the event
+    contract (its valid events and invalid rows): the batch runs once over the days of all
+    files and the history first."""
     from batch.job import run as run_batch
 
     run_batch(settings, argparse.Namespace(imports=[*history, *files], as_of=None,
@@ -136,8 +138,8 @@ def file_points(settings: Settings, files: list[Path], history: list[Path],
     out = []
     for path in files:
         with tempfile.TemporaryDirectory(prefix="propensity-dataset-") as work:
-            frame, invalid = from_file(settings, path, Path(work))
-        out.append((with_request_time_features(frame), invalid))
+            frame, checked = from_file(settings, path, Path(work))
+        out.append((with_request_time_features(frame), checked))
     return out
 
 
@@ -146,7 +148,8 @@ def build(settings: Settings, args: argparse.Namespace) -> DatasetSummary:
     files are given, build the points and their features, write them to --out (Parquet)."""
     summary = DatasetSummary(out=str(args.out))
     if args.events:
-        ((frame, summary.invalid),) = file_points(settings, [args.events], args.history)
+        ((frame, checked),) = file_points(settings, [args.events], args.history)
+        summary.invalid = dict(checked.reason_counts())
     else:
         frame = with_request_time_features(from_lake(settings))
     args.out.parent.mkdir(parents=True, exist_ok=True)

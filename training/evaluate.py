@@ -32,7 +32,7 @@ def write_predictions(points: pd.DataFrame, scores, path: Path) -> None:
 def evaluate(settings: Settings, events_file: Path, history: list[Path],
              version: str | None, predictions_out: Path) -> dict:
     model = model_store.load(settings, version)  # before any work: a missing model fails fast
-    ((points, invalid),) = file_points(settings, [events_file], history)
+    ((points, checked),) = file_points(settings, [events_file], history)
     if points.empty:
         raise DatasetError(f"{events_file}: no prediction points (no valid event before a "
                            "session's first purchase)")
@@ -46,7 +46,7 @@ def evaluate(settings: Settings, events_file: Path, history: list[Path],
         "events": str(events_file),
         "history": [str(p) for p in history],
         "event_times": f"{points['event_time'].min()} .. {points['event_time'].max()}",
-        "invalid_rows": invalid,
+        "invalid_rows": dict(checked.reason_counts()),
         "predictions": str(predictions_out),
         "metrics": metrics.summary(y, scores, sessions) if two_classes else None,
         "reliability": metrics.reliability(y, scores),

@@ -22,7 +22,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from propensity import aws, events, model_store
+from propensity import aws, model_store
 from propensity import features as F
 from propensity.model import (
     COLUMN_NAMES,
@@ -156,6 +156,7 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
     feature contributions, as a summary and plots."""
     y, sessions = labels(valid_set), valid_set[F.SESSION_ID].to_numpy()
     scores = model.calibration.apply(raw)
+    uncalibrated = Calibration().apply(raw)
     honest = cross_fitted(raw, y, sessions)  # the model's probability metrics
     baselines = {"cart_heuristic": cart_heuristic(train_set, valid_set),
                  "count_regression": count_regression(train_set, valid_set)}
@@ -168,16 +169,15 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
         "baselines": {name: metrics.summary(y, score, sessions)
                       for name, score in baselines.items()},
         "calibration": {"method": "platt (fitted on validation)", **asdict(model.calibration),
-                        "reliability_before": metrics.reliability(
-                            y, Calibration().apply(raw)),
+                        "reliability_before": metrics.reliability(y, uncalibrated),
                         "reliability_after_cross_fitted": metrics.reliability(y, honest)},
         "slices": metrics.slices(valid_set, y, scores),
         "checks": checks.as_dicts(results),
         "checks_passed": all(r.passed for r in results),
         "mean_abs_shap": importance,
     }
-    plots = report.plots(y, {"lightgbm": scores, **baselines}, Calibration().apply(raw),
-                         honest, importance)
+    plots = report.plots(y, {"lightgbm": scores, **baselines}, uncalibrated, honest,
+                         importance)
     return summary, plots
 
 
@@ -198,13 +198,14 @@ class TrainingData:
 def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[Path]
                ) -> TrainingData:
     """From REES46 files: the batch runs over all their days first."""
-    (train_set, train_invalid), (valid_set, valid_invalid) = file_points(
+    (train_set, train_checked), (valid_set, valid_checked) = file_points(
         settings, [train_file, valid_file], history)
-    return TrainingData(train_set, valid_set, events.validate_file(valid_file).valid,
+    return TrainingData(train_set, valid_set, valid_checked.valid,
                         f"{train_file.name}: {_time_range(train_set)}",
                         f"{valid_file.name}: {_time_range(valid_set)}",
                         [p.name for p in history],
-                        {"train": train_invalid, "validation": valid_invalid})
+                        {"train": dict(train_checked.reason_counts()),
+                         "validation": dict(valid_checked.reason_counts())})
 
 
 def lake_data(settings: Settings, train_days: tuple[date, date],
@@ -261,8 +262,8 @@ def train(settings: Settings, data: TrainingData, out: Path, register: bool = Tr
              "metrics.json": json.dumps(summary, indent=2, default=str).encode(),
              "model_card.md": report.model_card(summary).encode()}
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (out / name).write_bytes(data)
+    for name, content in files.items():
+        (out / name).write_bytes(content)
     result = TrainResult(None, False, "not registered (--no-register)", str(out), summary)
     if register:
         registration = model_store.register(settings, files,
