@@ -12,13 +12,19 @@ import pytest
 
 from propensity import events, model_store
 from propensity import features as F
-from propensity.model import COLUMN_NAMES, PropensityModel, encode, source_features
+from propensity.model import (
+    COLUMN_NAMES,
+    PropensityModel,
+    encode,
+    encode_row,
+    source_features,
+)
 from propensity.settings import Settings
 from propensity.testing import isolated
 from tests.test_batch import OCTOBER
 from training import checks, metrics
 from training.dataset import LABEL, prediction_points, with_request_time_features
-from training.train import fit_booster, fit_calibration
+from training.train import fit_booster, fit_model
 
 NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
 
@@ -48,9 +54,7 @@ def november() -> tuple[pd.DataFrame, pd.DataFrame]:
 def model(november: tuple[pd.DataFrame, pd.DataFrame]) -> PropensityModel:
     """Trained on October, early-stopped and calibrated on November."""
     _, points = november
-    booster = fit_booster(points_without_history(OCTOBER)[1], points)
-    raw = PropensityModel(booster, COLUMN_NAMES).raw(encode(points))
-    return PropensityModel(booster, COLUMN_NAMES, fit_calibration(raw, points[LABEL]))
+    return fit_model(points_without_history(OCTOBER)[1], points)[0]
 
 
 def test_encoding_reads_each_feature_by_name_and_one_hots_categories() -> None:
@@ -67,6 +71,14 @@ def test_encoding_reads_each_feature_by_name_and_one_hots_categories() -> None:
     assert np.isnan(matrix[1, column["add_to_cart_count"]])
     assert list(matrix[:, column["product_in_cart"]]) == [1.0, 0.0]
     assert not {F.SESSION_ID, F.USER_ID, F.PRODUCT_ID} & set(source_features())
+
+
+def test_the_scorers_row_encoding_equals_the_training_encoding(
+        november: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    _, points = november
+    rows = points.head(2000)
+    one_by_one = np.vstack([encode_row(r) for r in rows.to_dict("records")])
+    np.testing.assert_array_equal(one_by_one, encode(rows))
 
 
 def test_model_files_round_trip_and_refuse_unknown_columns(

@@ -15,7 +15,7 @@ import pytest
 import schemathesis
 
 from propensity import events, model_store
-from propensity.model import COLUMN_NAMES, PropensityModel, encode
+from propensity.model import COLUMN_NAMES, PropensityModel
 from propensity.settings import Settings
 from propensity.testing import (
     RedisProcess,
@@ -27,8 +27,7 @@ from propensity.testing import (
 from serving import scoring
 from serving.online import Entities, FeastFeatures, RedisFeatures
 from tests.test_model import NOVEMBER, OCTOBER, points_without_history
-from training.dataset import LABEL
-from training.train import fit_booster, fit_calibration
+from training.train import fit_model
 
 BUDGET_MS = 100.0
 
@@ -42,10 +41,8 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     settings = isolated(stack, folder).model_copy(update={
         "redis": redis_server.connection_string, "model_poll_s": 1.0})
     _, valid = points_without_history(NOVEMBER)
-    booster = fit_booster(points_without_history(OCTOBER)[1], valid)
-    raw = PropensityModel(booster, COLUMN_NAMES).raw(encode(valid))
-    model = PropensityModel(booster, COLUMN_NAMES, fit_calibration(raw, valid[LABEL]),
-                            {"validation": {"roc_auc": 0.7}, "checks_passed": True})
+    model, _ = fit_model(points_without_history(OCTOBER)[1], valid)
+    model.metadata = {"validation": {"roc_auc": 0.7}, "checks_passed": True}
     version = model_store.register(settings, model.to_files(), 0.7, True).version
     load_session_features(settings, NOVEMBER)
     latest = events.validate_file(NOVEMBER).valid.groupby("user_session").tail(1)
