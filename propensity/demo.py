@@ -93,18 +93,24 @@ def check_online(settings: Settings, file: Path, sent: int, wait_s: float = 90) 
     return True
 
 
+def fresh_stack(home: Path) -> tuple[LocalStack, Settings]:
+    """A local stack of its own under `home`, started afresh: a new stream, and so a new
+    checkpoint (a kept one holds the old stream's offsets and session state)."""
+    stack = LocalStack(home)
+    stack.down()
+    settings = stack.up()
+    shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
+    return stack, settings
+
+
 def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: float = 80.0,
              duration_s: float = 150.0, history: list[Path] | None = None) -> int:
     from propensity import live_demo
     from propensity.testing import running_scorer
 
-    stack = LocalStack(settings.home / "demo")
-    stack.down()  # a fresh stream every time: what arrives is this run's alone
     print("[1/6] starting the local stack (redis-server, moto) ...")
     started = time.monotonic()
-    demo = stack.up()
-    # This run's stream is new: so are its checkpoint (offsets, session state) and job log.
-    shutil.rmtree(demo.checkpoint_dir, ignore_errors=True)
+    stack, demo = fresh_stack(settings.home / "demo")  # what arrives is this run's alone
     print(f"      up in {time.monotonic() - started:.1f} s: redis {demo.redis}, "
           f"AWS endpoint {demo.aws_endpoint_url}")
     stream_job = None

@@ -9,6 +9,8 @@
   checkpoint and Feast registry, on the shared stack, with Redis emptied.
 - `load_session_features(settings, path)`: a REES46 file's session features in Redis, as the
   streaming job leaves them (without running it).
+- `session_requests(path)`: a scoring request per session of a REES46 file (its last event's
+  user and product), the keys `load_session_features` writes.
 - `running_scorer(settings)`: `propensity serve` in a process of its own, ready, for a block.
 - `steady_requests(url, bodies, seconds, rate)`: scoring requests at a steady rate, with
   each one's status, answer and latency.
@@ -144,6 +146,15 @@ def load_session_features(settings: Settings, path: Path) -> int:
         table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
         write_latest(store, config, feature_view(settings, view), table)
     return int(snapshots[F.SESSION_ID].nunique())
+
+
+def session_requests(path: Path) -> list[dict]:
+    """{session_id, user_id, product_id} of each session's last valid event in the file."""
+    from propensity import events
+
+    last = events.validate_file(path).valid.groupby("user_session").tail(1)
+    return [{"session_id": row.user_session, "user_id": int(row.user_id),
+             "product_id": int(row.product_id)} for row in last.itertuples()]
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-from propensity import events, model_store
+from propensity import model_store
 from propensity.model import COLUMN_NAMES, PropensityModel
 from propensity.settings import Settings
 from propensity.testing import (
@@ -22,6 +22,7 @@ from propensity.testing import (
     isolated,
     load_session_features,
     running_scorer,
+    session_requests,
     steady_requests,
 )
 from serving import scoring
@@ -45,9 +46,7 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     model.metadata = {"validation": {"roc_auc": 0.7}, "checks_passed": True}
     version = model_store.register(settings, model.to_files(), 0.7, True).version
     load_session_features(settings, NOVEMBER)
-    latest = events.validate_file(NOVEMBER).valid.groupby("user_session").tail(1)
-    keys = [{"session_id": r.user_session, "user_id": int(r.user_id),
-             "product_id": int(r.product_id)} for r in latest.itertuples()]
+    keys = session_requests(NOVEMBER)
     with running_scorer(settings) as url:
         yield {"settings": settings, "url": url, "version": version, "keys": keys,
                "redis": redis_server, "model": model}

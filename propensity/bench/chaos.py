@@ -25,17 +25,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from propensity import aws, events
-from propensity.demo import check_online, register_shipped_model
+from propensity import aws
+from propensity.bench.load import run_as_process
+from propensity.demo import check_online, fresh_stack, register_shipped_model
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.live_demo import start_stream_job, stop_process
 from propensity.replay import replay
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 from propensity.testing import (
     RedisProcess,
     load_session_features,
     running_scorer,
+    session_requests,
     steady_requests,
 )
 
@@ -115,8 +116,7 @@ def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -
     local = settings.model_copy(update={"redis": redis_server.connection_string})
     try:
         load_session_features(local, file)
-        last = events.validate_file(file).valid.groupby("user_session").tail(1)
-        keys = [{"session_id": s} for s in last["user_session"]]
+        keys = [{"session_id": r["session_id"]} for r in session_requests(file)]
         with running_scorer(local) as url:
             async def scenario() -> list[tuple]:
                 load = asyncio.create_task(steady_requests(url, keys, seconds, 100))
@@ -140,23 +140,15 @@ def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -
                     "recovered": recovered})
 
 
-def _load(url: str, bodies: Path, rps: float, seconds: float, connections: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "propensity.bench.load", url, "--rps", str(rps), "--duration",
-         str(seconds), "--bodies", str(bodies), "--connections", str(connections)],
-        capture_output=True, text=True, check=True, timeout=seconds + 120)
-    return json.loads(done.stdout)
-
-
 def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: float,
                     seconds: float) -> Outcome:
     load_session_features(settings, file)
-    last = events.validate_file(file).valid.groupby("user_session").tail(1)
     bodies = folder / "bodies.jsonl"
-    bodies.write_text("\n".join(json.dumps({"session_id": s}) for s in last["user_session"]))
+    bodies.write_text("\n".join(json.dumps({"session_id": r["session_id"]})
+                                for r in session_requests(file)))
     with running_scorer(settings) as url:
-        over = _load(f"{url}/v1/propensity", bodies, 2 * sustainable, seconds, 256)
-        after = _load(f"{url}/v1/propensity", bodies, sustainable / 2, seconds / 2, 32)
+        over = run_as_process(f"{url}/v1/propensity", bodies, 2 * sustainable, seconds, 256)
+        after = run_as_process(f"{url}/v1/propensity", bodies, sustainable / 2, seconds / 2)
     other_errors = {k: v for k, v in over["errors"].items() if k != "429"}
     return Outcome("scorer-overload", not other_errors and not after["errors"]
                    and over["p99_ms"] < BUDGET_MS and after["p99_ms"] < 10,
@@ -167,14 +159,9 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
 
 
 def run_chaos(settings: Settings, file: Path, short: bool) -> list[Outcome]:
-    stack = LocalStack(settings.home / "chaos")
-    stack.down()
-    chaos = stack.up()
+    stack, chaos = fresh_stack(settings.home / "chaos")
     outcomes = []
     try:
-        import shutil
-
-        shutil.rmtree(chaos.checkpoint_dir, ignore_errors=True)
         register_shipped_model(chaos)
         with tempfile.TemporaryDirectory(prefix="propensity-chaos-") as work:
             folder = Path(work)

@@ -9,8 +9,6 @@ load generator is a process of its own (propensity/bench/load.py), on the same m
 from __future__ import annotations
 
 import contextlib
-import json
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,14 +17,16 @@ from pathlib import Path
 import orjson
 
 import feature_repo
-from propensity import events, model_store
 from propensity import features as F
+from propensity import model_store
+from propensity.bench.load import run_as_process
 from propensity.settings import Settings
 from propensity.testing import (
     free_port,
     load_session_features,
     running_http_server,
     running_scorer,
+    session_requests,
 )
 
 
@@ -52,24 +52,14 @@ class ServeBench:
 def _bodies(shape: Path, folder: Path) -> tuple[Path, Path, int]:
     """Request bodies for the scorer and for `feast serve`, one per session (its last
     event's user and product)."""
-    last = events.validate_file(shape).valid.groupby("user_session").tail(1)
+    requests = session_requests(shape)
     ours, theirs = folder / "scorer.jsonl", folder / "feast.jsonl"
     with ours.open("wb") as a, theirs.open("wb") as b:
-        for row in last.itertuples():
-            keys = {F.SESSION_ID: row.user_session, F.USER_ID: int(row.user_id),
-                    F.PRODUCT_ID: int(row.product_id)}
+        for keys in requests:
             a.write(orjson.dumps(keys) + b"\n")
             b.write(orjson.dumps({"feature_service": F.MODEL_SERVICE, "entities": {
                 k: [v] for k, v in keys.items()}}) + b"\n")
-    return ours, theirs, len(last)
-
-
-def _load(url: str, bodies: Path, rps: float, duration_s: float) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "propensity.bench.load", url, "--rps", str(rps),
-         "--duration", str(duration_s), "--bodies", str(bodies)],
-        capture_output=True, text=True, check=True, timeout=duration_s + 120)
-    return json.loads(done.stdout)
+    return ours, theirs, len(requests)
 
 
 def running_feast_server(settings: Settings) -> contextlib.AbstractContextManager[str]:
@@ -99,8 +89,8 @@ def run_serve_bench(settings: Settings, rates: list[float], duration_s: float, s
                     "/get-online-features", theirs))
         for name, start, options, path, bodies in targets:
             with start(settings, **options) as url:
-                _load(url + path, bodies, 200, warmup_s)
+                run_as_process(url + path, bodies, 200, warmup_s)
                 for rate in rates:
-                    result = _load(url + path, bodies, rate, duration_s)
+                    result = run_as_process(url + path, bodies, rate, duration_s)
                     bench.rows.append({"server": name, "offered_rps": rate, **result})
     return bench
