@@ -266,6 +266,13 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_files(*paths: Path | None) -> None:
+    """Input files must exist before any work starts (None: an option not given)."""
+    for path in paths:
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+
+
 def _day_range(text: str) -> tuple[date, date]:
     first, sep, last = text.partition(":")
     try:
@@ -282,9 +289,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--lake needs --train-days and --valid-days, and no --history")
     elif not args.valid_file or args.train_days or args.valid_days:
         raise UsageError("--train FILE needs --valid FILE (the days are for --lake)")
-    for path in (args.train_file, args.valid_file, *args.history):
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+    _require_files(args.train_file, args.valid_file, *args.history)
     _log_to_stderr()
     settings = Settings()
     data = (lake_data(settings, args.train_days, args.valid_days) if args.lake else
@@ -299,9 +304,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     _log_to_stderr()
-    for path in (args.events, *args.history):
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+    _require_files(args.events, *args.history)
     result = evaluate(Settings(), args.events, args.history, args.model, args.predictions_out)
     if not args.json:
         m = result["metrics"] or {}
@@ -421,8 +424,7 @@ def _replay(args: argparse.Namespace) -> int:
     from propensity.kinesis import KinesisWriter, ShardMap, list_shards
     from propensity.replay import replay
 
-    if not args.file.is_file():  # before any client or progress bar
-        raise FileNotFoundError(f"no such file: {args.file}")
+    _require_files(args.file)  # before any client or progress bar
     settings = Settings()
     kinesis = aws.client("kinesis", settings)
     summary = replay(

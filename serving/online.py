@@ -59,12 +59,12 @@ class Found:
         return max(times) if times else None
 
 
-def empty() -> Found:
-    return Found(dict.fromkeys(ALL_FEATURES), {})
-
-
 ALL_FEATURES = tuple(f.name for f in (*F.SESSION_FEATURES, *F.SESSION_PRODUCT_FEATURES,
                                       *F.USER_FEATURES, *F.PRODUCT_FEATURES))
+
+
+def empty() -> Found:
+    return Found(dict.fromkeys(ALL_FEATURES), {})
 
 
 def _proto_value(value: Any, value_type: ValueType) -> ValueProto:
@@ -159,7 +159,7 @@ class RedisFeatures:
                 continue
             found[i].updated_at[plan.view.name] = _timestamp(reply[-1])
             values = found[i].values
-            for name, raw in zip(plan.names, reply[:-1], strict=False):
+            for name, raw in zip(plan.names[:-1], reply[:-1], strict=True):
                 values[name] = _value(raw)
         return found
 
