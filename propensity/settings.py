@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # How long user and product features live in Redis: every daily batch rewrites them all,
     # so they outlive a missed run or two. Also the TTL of `feast materialize`.
     batch_online_ttl_s: int = Field(3 * 86400, ge=3600, alias="PROPENSITY_BATCH_ONLINE_TTL_S")
+    # How long the streaming job retries a micro-batch's Redis writes while Redis is away
+    # (restart, failover) before it fails the batch (and EMR's step wrapper restarts the job).
+    stream_online_retry_s: float = Field(300, ge=0, alias="PROPENSITY_STREAM_ONLINE_RETRY_S")
     # Spark checkpoints of the streaming job: a local folder here, s3://... on EMR.
     checkpoint_dir: str = Field(".propensity/checkpoints", alias="PROPENSITY_CHECKPOINT_DIR")
 

@@ -85,6 +85,9 @@ class ProgressLog(StreamingQueryListener):
             report.sessions if report else 0, state_rows,
             report.quarantined if report else {}, progress.batchDuration / 1000,
             report.write_s if report else 0.0, statistics.median(freshness), max(freshness))
+        if report and report.online_retries:
+            log.warning("batch %d: %d Redis writes repeated while Redis was unavailable",
+                        progress.batchId, report.online_retries)
         if self.metrics is not None:
             self.metrics.publish(batch_metrics(progress.batchDuration, progress.numInputRows,
                                                report.freshness_s if report else []))

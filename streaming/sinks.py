@@ -7,6 +7,9 @@ replays after a crash changes nothing:
 - the quarantine: invalid and late events with payload and reason, partitioned by arrival date;
 - Redis in Feast's online format, through Feast's own conversion and Redis writer: only the
   latest snapshot per entity, which Feast skips when Redis already holds that instant or later.
+  While Redis is away (a restart, a failover) the batch retries its Redis writes for up to
+  PROPENSITY_STREAM_ONLINE_RETRY_S and then goes on: Kinesis holds the backlog meanwhile, and
+  the next batches catch up. Only after that budget does the batch fail (and the job with it).
 
 Object names depend only on the checkpoint, the batch id and the date, so a replayed batch
 overwrites itself, and a job started afresh on a new checkpoint (batch ids from 0 again) never
@@ -31,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
 
 import feature_repo
@@ -57,6 +61,7 @@ class BatchReport:
     sessions: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     online_rows: int = 0
+    online_retries: int = 0  # Redis writes repeated because Redis was unreachable
     write_s: float = 0.0
     freshness_s: list[float] = field(default_factory=list)  # arrival -> readable in Redis
 
@@ -97,8 +102,11 @@ class MicroBatchSink:
                                       definitions.archive_path(self.settings, view),
                                       snapshots.select(list(columns)), F.EVENT_TIMESTAMP,
                                       batch_id))
-            online_writes = [partial(write_latest, self._online, self.repo_config, view,
-                                     snapshots) for view in self._views.values()]
+            online_writes = [partial(
+                retry_while_unavailable,
+                partial(write_latest, self._online, self.repo_config, view, snapshots),
+                self.settings.stream_online_retry_s, report, view.name)
+                for view in self._views.values()]
             report.events = snapshots.num_rows
             report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
         if quarantine.num_rows:
@@ -156,6 +164,31 @@ class MicroBatchSink:
             self._repo_config = feature_repo.repo_config(
                 self.settings, key_ttl_s=self.settings.online_ttl_s)
         return self._repo_config
+
+
+# What a Redis restart or failover looks like to a client: refused or reset connections,
+# timeouts, "LOADING" while the dataset is read back, "READONLY" from a demoted primary.
+REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                     redis.ReadOnlyError)
+
+
+def retry_while_unavailable(write: Callable[[], int], budget_s: float, report: BatchReport,
+                            what: str, sleep: Callable[[float], None] = time.sleep,
+                            clock: Callable[[], float] = time.monotonic) -> int:
+    """`write()`, repeated with backoff while Redis is unavailable, for up to `budget_s`.
+    Safe because online writes are idempotent (Feast skips rows it already holds)."""
+    deadline = clock() + budget_s
+    delays = aws.backoff_delays(base=0.1, cap=2.0)
+    while True:
+        try:
+            return write()
+        except REDIS_UNAVAILABLE as exc:
+            if clock() >= deadline:
+                raise
+            report.online_retries += 1
+            log.warning("batch %d: Redis unavailable writing %s (%s); retrying",
+                        report.batch_id, what, exc)
+            sleep(next(delays))
 
 
 def snapshot_table(rows: pa.Table) -> pa.Table:
