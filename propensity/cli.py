@@ -445,12 +445,25 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
+    from pyspark.errors import StreamingQueryException
+
     from streaming.job import StreamOptions, run
+    from streaming.kinesis_source import CheckpointStreamMismatch
 
     _log_to_stderr(verbose=args.verbose)
-    run(Settings(), StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
-                                  starting_position=args.starting_position,
-                                  max_records_per_batch=args.max_records_per_batch))
+    settings = Settings()
+    try:
+        run(settings, StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
+                                    starting_position=args.starting_position,
+                                    max_records_per_batch=args.max_records_per_batch))
+    except StreamingQueryException as exc:
+        # Spark wraps the source's error in its own (with the plan): the gist on one line.
+        mismatch = CheckpointStreamMismatch.message_in(exc)
+        if mismatch is None:
+            raise
+        print(f"propensity: error: checkpoint {settings.checkpoint_dir}: {mismatch}",
+              file=sys.stderr)
+        return 2
     return 0
 
 

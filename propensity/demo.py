@@ -172,7 +172,7 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
         return 0 if ok and not watch.errors else 1
     finally:
         if stream_job is not None:
-            live_demo.stop_process(stream_job)
+            live_demo.stop_stream_job(stream_job)
         if keep_running:
             print("the demo stack keeps running; attach a shell with:")
             for name, value in sorted(demo.to_env().items()):

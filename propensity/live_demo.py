@@ -13,6 +13,7 @@ import asyncio
 import collections
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -141,24 +142,37 @@ class Shop:
             self.watch.errors += 1
 
 
-def start_stream_job(settings: Settings, log: Path) -> subprocess.Popen:
-    """`propensity stream` (continuous, 1 s trigger) in a process group of its own; its
-    output goes to `log` (overwritten)."""
+def start_stream_job(settings: Settings, log: Path, trigger_s: float = 1.0,
+                     starting_position: str = "TRIM_HORIZON") -> subprocess.Popen:
+    """`propensity stream` (continuous) in a process group of its own; its output goes to
+    `log` (overwritten)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "propensity.cli", "stream", "--trigger", "1"],
+            [sys.executable, "-m", "propensity.cli", "stream", "--trigger", str(trigger_s),
+             "--starting-position", starting_position],
             env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"},
             stdout=out, stderr=out, start_new_session=True)
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
-    if process.poll() is None:
-        process.terminate()
+def wait_for_first_batch(job: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Until the job has run its first batch: Spark, the query and Feast are up."""
+    deadline = time.monotonic() + timeout_s
+    while "batch 0:" not in log.read_text(errors="replace"):
+        if job.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the streaming job did not start; see {log}")
+        time.sleep(0.2)
+
+
+def stop_stream_job(job: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM to the job's process group (driver, JVM, Python workers), SIGKILL if it
+    lingers."""
+    if job.poll() is None:
+        os.killpg(job.pid, signal.SIGTERM)
         try:
-            process.wait(timeout_s)
+            job.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout_s)
 
 
 def report(watch: Watch, folder: Path, model_version: str, sent: int) -> Path:

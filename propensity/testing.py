@@ -205,12 +205,16 @@ def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
 
 
 class RedisProcess:
-    """A redis-server on 127.0.0.1 that a test can stop and restart on the same port."""
+    """A redis-server on 127.0.0.1 that a test can stop and restart on the same port.
+    `durable`: every acknowledged write is in its append-only file before the answer
+    (appendfsync always), so a restart after a crash has all of them, as a managed Redis
+    with a replica promoted on failover has (nearly) all of them."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, durable: bool = False) -> None:
         from propensity.stack import redis_server_binary
 
         self.binary = redis_server_binary()
+        self.durable = durable
         self.folder = folder
         self.port = free_port()
         self.process: subprocess.Popen | None = None
@@ -225,7 +229,9 @@ class RedisProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
+             "--dir", str(self.folder),
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.durable
+               else ("--appendonly", "no"))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
         deadline = time.monotonic() + timeout_s

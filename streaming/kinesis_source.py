@@ -17,6 +17,12 @@ Resharding is handled: a closed parent shard is read to its end and marked done,
 children start at TRIM_HORIZON only once their parents are done, so each partition key's
 records stay in order. Starting at LATEST pins the start to the query's first planning time
 (AT_TIMESTAMP), so a restart before the first checkpoint starts at the same place.
+
+Offsets also name the stream they belong to (its ARN and creation time, so a stream deleted and
+re-created under the same name, whose shard ids repeat, counts as another stream): a query
+started with a checkpoint written for another stream fails with `CheckpointStreamMismatch`
+instead of reading the wrong positions. Offsets without that name (older checkpoints) are
+accepted and carry it from then on.
 """
 
 from __future__ import annotations
@@ -57,6 +63,39 @@ _EXPIRED = "ExpiredIteratorException"
 # {"after": sequence} | {"start": "TRIM_HORIZON"} | {"start": "AT_TIMESTAMP", "ts": epoch s},
 # plus "done": True once a closed shard has been read to its end.
 Position = dict[str, Any]
+# Offsets: {"shards": {shard id: Position}, "new_shards": Position, "stream": StreamIdentity}.
+# {"arn": StreamARN, "created": StreamCreationTimestamp in epoch s (millisecond precision)}
+StreamIdentity = dict[str, Any]
+
+
+class CheckpointStreamMismatch(RuntimeError):
+    """The checkpoint's offsets were written for another stream than the one the job reads."""
+
+    def __init__(self, recorded: StreamIdentity, current: StreamIdentity) -> None:
+        super().__init__(
+            f"this checkpoint was written for stream {_describe(recorded)}, but the job reads "
+            f"{_describe(current)}: start with a new checkpoint directory "
+            f"(PROPENSITY_CHECKPOINT_DIR) or point the job at the original stream")
+        self.recorded = recorded
+        self.current = current
+
+    @classmethod
+    def message_in(cls, error: BaseException) -> str | None:
+        """The message of a mismatch inside the error Spark raises for it (a
+        StreamingQueryException holding the Python traceback as text), or None."""
+        text = str(error)
+        marker = f"{cls.__name__}: "
+        at = text.rfind(marker)
+        return None if at < 0 else text[at + len(marker):].splitlines()[0].strip()
+
+
+def _describe(identity: StreamIdentity) -> str:
+    created = datetime.fromtimestamp(identity["created"], UTC).isoformat(timespec="milliseconds")
+    return f"{identity['arn']} created {created}"
+
+
+def _same_stream(a: StreamIdentity, b: StreamIdentity) -> bool:
+    return a["arn"] == b["arn"] and abs(float(a["created"]) - float(b["created"])) < 0.0005
 
 
 @dataclass(frozen=True)
@@ -125,6 +164,7 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._cache: dict[tuple[str, str], tuple[str, list]] = {}
         self._iterators: dict[str, tuple[str, str]] = {}  # shard -> (position key, iterator)
         self._cutoff: float | None = None
+        self._identity: StreamIdentity | None = None  # the live stream's, read once
 
     def __getstate__(self) -> dict:  # tasks get the options only, never clients or caches
         return {"options": self.options}
@@ -148,7 +188,25 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         else:
             raise ValueError(f"starting_position must be TRIM_HORIZON or LATEST, not "
                              f"{self.options.starting_position!r}")
-        return {"shards": {}, "new_shards": start}
+        return {"shards": {}, "new_shards": start, "stream": self._stream_identity()}
+
+    def _stream_identity(self) -> StreamIdentity:
+        """The stream's ARN and creation time, asked of Kinesis once per reader."""
+        if self._identity is None:
+            summary = _with_retries(lambda: self.kinesis.describe_stream_summary(
+                StreamName=self.options.stream))["StreamDescriptionSummary"]
+            self._identity = {"arn": summary["StreamARN"], "created": round(
+                summary["StreamCreationTimestamp"].timestamp(), 3)}
+        return self._identity
+
+    def _check_stream(self, offset: dict) -> StreamIdentity:
+        """The live stream's identity, once the offset is known to belong to it (offsets from
+        before identities were recorded are taken as they are)."""
+        current = self._stream_identity()
+        recorded = offset.get("stream")
+        if recorded is not None and not _same_stream(recorded, current):
+            raise CheckpointStreamMismatch(recorded, current)
+        return current
 
     def getDefaultReadLimit(self) -> ReadLimit:
         if self.options.max_records_per_batch > 0:
@@ -159,6 +217,7 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._cutoff = time.time()
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        identity = self._check_stream(start)
         shards = self._readable_shards(start)
         budget = (limit.max_rows // max(1, len(shards))
                   if isinstance(limit, ReadMaxRows) else None)
@@ -167,7 +226,7 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             end[shard_id] = self._advance(shard_id, position, closed_at, budget)
         for shard_id, position in start["shards"].items():
             end.setdefault(shard_id, position)  # done shards stay in the offset
-        return {"shards": end, "new_shards": start["new_shards"]}
+        return {"shards": end, "new_shards": start["new_shards"], "stream": identity}
 
     def _readable_shards(self, start: dict) -> dict[str, tuple[Position, str | None]]:
         """Shards to read now: those in progress, and new ones whose parents are done."""
@@ -234,6 +293,10 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return end
 
     def partitions(self, start: dict, end: dict) -> list[ShardRange]:
+        # A restart first re-plans the checkpoint's last uncommitted batch, before any
+        # latestOffset call: its offsets are checked here.
+        self._check_stream(start)
+        self._check_stream(end)
         ranges = []
         for shard_id, end_position in end["shards"].items():
             start_position = start["shards"].get(shard_id) or dict(start["new_shards"])

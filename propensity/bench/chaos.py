@@ -5,8 +5,18 @@
   fold over the events sent.
 - scorer-redis: redis-server killed and restarted under scorer load: never an error, degraded
   answers while Redis is away, all within the 100 ms budget, recovery by itself.
+- stream-redis: Redis SIGKILLed under the running streaming job and started again after an
+  outage longer than redis-py's own retries: the job stays up (its sink retries the batch's
+  Redis writes), nothing is lost or doubled, and it catches up by itself. This Redis keeps
+  an append-only file (fsync always), as a failover to a replica keeps the data.
+- kinesis-throttle: the job and the replay reach Kinesis through a proxy that throttles a
+  share of GetRecords, PutRecords, GetShardIterator and ListShards calls as Kinesis does:
+  nothing lost or doubled.
 - scorer-overload: twice the scorer's sustainable rate: load shed with 429, the answered
   requests' latency bounded, then normal latency again at a normal rate.
+- soak: the streaming job and the scorer at a moderate rate of generated traffic (the real
+  sample's shape, event times = now) for 10 minutes (1 with --short): their memory sampled
+  every 5 s must not grow once settled; nothing lost; every request answered.
 
 It runs on a stack of its own under $PROPENSITY_HOME/chaos (started and stopped here).
 """
@@ -14,9 +24,15 @@ It runs on a stack of its own under $PROPENSITY_HOME/chaos (started and stopped 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
+import multiprocessing
 import os
+import queue
+import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,21 +40,31 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from propensity import aws
 from propensity.bench.load import run_as_process
+from propensity.bench.stream import produce_generated
 from propensity.demo import check_online, fresh_stack, register_shipped_model
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
-from propensity.live_demo import start_stream_job, stop_process
-from propensity.replay import replay
+from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
+from propensity.replay import ReplaySummary, replay
 from propensity.settings import Settings
 from propensity.testing import (
     RedisProcess,
+    free_port,
+    isolated,
     load_session_features,
     running_scorer,
     session_requests,
     steady_requests,
 )
+from propensity.throttling_proxy import ThrottlingProxy
 
 BUDGET_MS = 100.0
 # One scorer process on this 2-core machine, load generator included (README, bench serve).
@@ -61,31 +87,61 @@ def committed_batches(checkpoint_dir: str) -> int:
     return len(list(commits.glob("[0-9]*"))) if commits.exists() else 0
 
 
-def stream_kill(settings: Settings, file: Path, kills: int, speed: float,
-                log: Path) -> Outcome:
+def _start_job(settings: Settings, log: Path) -> subprocess.Popen:
+    job = start_stream_job(settings, log)
+    wait_for_first_batch(job, log)
+    return job
+
+
+def _replay_in_thread(settings: Settings, file: Path, speed: float
+                      ) -> tuple[threading.Thread, dict[str, ReplaySummary]]:
+    """The file replayed into the settings' stream at `speed` by a thread (started);
+    its summary lands in the dict under "summary"."""
     kinesis = aws.client("kinesis", settings)
-    sent: dict = {}
+    sent: dict[str, ReplaySummary] = {}
 
     def send() -> None:
         sent["summary"] = replay(file, KinesisWriter(kinesis, settings.kinesis_stream),
                                  ShardMap(list_shards(kinesis, settings.kinesis_stream)),
                                  speed=speed, events_per_record=5, progress=False)
 
-    job = start_stream_job(settings, log)
-    deadline = time.monotonic() + 180
-    while not (Path(settings.checkpoint_dir) / "metadata").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the streaming job did not start")
-        time.sleep(0.2)
     replayer = threading.Thread(target=send, daemon=True)
     replayer.start()
+    return replayer, sent
+
+
+def _wait_for_batches(settings: Settings, more: int, replayer: threading.Thread) -> bool:
+    """Until `more` batches have been committed since now; False if the replay ended first."""
+    target = committed_batches(settings.checkpoint_dir) + more
+    while committed_batches(settings.checkpoint_dir) < target:
+        if not replayer.is_alive():
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _exactly_once(settings: Settings, summary: ReplaySummary) -> dict:
+    """What the lake holds of the replay: lost and doubled events (both should be 0)."""
+    lake = aws.read_parquet(settings, settings.events_uri)
+    ids = pa.chunked_array([], pa.string()) if lake is None else lake.column("event_id")
+    distinct_sent = summary.sent - summary.duplicates
+    in_lake = len(pc.unique(ids))
+    return {"events sent": summary.sent, "distinct": distinct_sent,
+            "lost": distinct_sent - in_lake, "counted twice": len(ids) - in_lake}
+
+
+def _nothing_lost(figures: dict) -> bool:
+    return figures["lost"] == 0 and figures["counted twice"] == 0
+
+
+def stream_kill(settings: Settings, file: Path, kills: int, speed: float,
+                log: Path) -> Outcome:
+    job = _start_job(settings, log)
+    replayer, sent = _replay_in_thread(settings, file, speed)
     done_kills = 0
     try:
         for _ in range(kills):
-            target = committed_batches(settings.checkpoint_dir) + 2
-            while committed_batches(settings.checkpoint_dir) < target and replayer.is_alive():
-                time.sleep(0.05)
-            if not replayer.is_alive():
+            if not _wait_for_batches(settings, 2, replayer):
                 break
             os.killpg(job.pid, signal.SIGKILL)  # no goodbye: as a node loss would
             job.wait()
@@ -93,21 +149,81 @@ def stream_kill(settings: Settings, file: Path, kills: int, speed: float,
             job = start_stream_job(settings, log)
         replayer.join()
     finally:
-        stop_process(job)
+        stop_stream_job(job)
     finish = subprocess.run([sys.executable, "-m", "propensity.cli", "stream", "--until-idle"],
                             env={**os.environ, **settings.to_env()}, capture_output=True,
                             timeout=600)
-    summary = sent["summary"]
-    lake = aws.read_parquet(settings, settings.events_uri).to_pandas()
-    distinct_sent = summary.sent - summary.duplicates
-    in_lake = lake["event_id"].nunique()
-    doubled = len(lake) - in_lake
-    online_ok = check_online(settings, file, summary.sent, wait_s=30)
+    figures = {"kills": done_kills, **_exactly_once(settings, sent["summary"])}
+    figures["online features equal"] = check_online(settings, file, sent["summary"].sent,
+                                                    wait_s=30)
     return Outcome("stream-kill", finish.returncode == 0 and done_kills == kills and
-                   in_lake == distinct_sent and doubled == 0 and online_ok,
-                   {"kills": done_kills, "events sent": summary.sent,
-                    "distinct": distinct_sent, "lost": distinct_sent - in_lake,
-                    "counted twice": doubled, "online features equal": online_ok})
+                   _nothing_lost(figures) and figures["online features equal"], figures)
+
+
+def stream_redis(settings: Settings, file: Path, folder: Path, outage_s: float, speed: float,
+                 log: Path) -> Outcome:
+    """Redis (durable: AOF, fsync always) SIGKILLed under the running job and started again
+    `outage_s` later: the job must neither die nor lose an event, and catch up by itself."""
+    server = RedisProcess(folder / "stream-redis", durable=True)
+    server.start()
+    local = isolated(settings.model_copy(update={"redis": server.connection_string}),
+                     folder / "stream-redis")
+    try:
+        job = _start_job(local, log)
+        try:
+            replayer, sent = _replay_in_thread(local, file, speed)
+            killed = _wait_for_batches(local, 3, replayer)
+            if killed:
+                server.stop()
+                time.sleep(outage_s)
+                server.start()
+            replayer.join()
+            replayed = time.monotonic()
+            online_ok = check_online(local, file, sent["summary"].sent, wait_s=120)
+            caught_up_s = time.monotonic() - replayed
+            alive = job.poll() is None
+        finally:
+            stop_stream_job(job)
+    finally:
+        server.stop()
+    retried = log.read_text(errors="replace").count("Redis unavailable writing")
+    figures = {"outage s": outage_s if killed else 0, "job survived": alive,
+               "Redis writes retried": retried, **_exactly_once(local, sent["summary"]),
+               "online features equal": online_ok,
+               "caught up s after the replay": round(caught_up_s, 1)}
+    return Outcome("stream-redis", killed and alive and retried > 0 and online_ok
+                   and _nothing_lost(figures), figures)
+
+
+# Kinesis limits hit on a share of calls: per-shard reads and writes, and the control plane.
+THROTTLED_SHARES = {"GetRecords": 0.3, "PutRecords": 0.2, "GetShardIterator": 0.3,
+                    "ListShards": 0.2}
+
+
+def kinesis_throttle(settings: Settings, file: Path, folder: Path, speed: float,
+                     log: Path) -> Outcome:
+    """The job and the replay reach Kinesis (and S3) through a proxy that throttles a share
+    of their calls as Kinesis does: nothing lost or doubled, online features equal."""
+    local = isolated(settings, folder / "kinesis-throttle")
+    with ThrottlingProxy(str(settings.aws_endpoint_url), THROTTLED_SHARES) as proxy:
+        through = local.model_copy(update={"aws_endpoint_url": proxy.url})
+        job = _start_job(through, log)
+        try:
+            replayer, sent = _replay_in_thread(through, file, speed)
+            replayer.join()
+            online_ok = check_online(through, file, sent["summary"].sent, wait_s=120)
+            alive = job.poll() is None
+        finally:
+            stop_stream_job(job)
+        throttled = dict(proxy.throttled)
+        calls = dict(proxy.counts)
+    figures = {"throttled calls": {op: f"{throttled.get(op, 0)}/{calls.get(op, 0)}"
+                                   for op in THROTTLED_SHARES},
+               "job survived": alive, **_exactly_once(local, sent["summary"]),
+               "online features equal": online_ok}
+    return Outcome("kinesis-throttle", alive and online_ok and _nothing_lost(figures)
+                   and all(throttled.get(op, 0) > 0 for op in ("GetRecords", "PutRecords")),
+                   figures)
 
 
 def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -> Outcome:
@@ -158,8 +274,173 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
                     f"then at {sustainable / 2:.0f}/s p99 ms": round(after["p99_ms"], 2)})
 
 
+# The soak's Spark sessions close after 2 minutes of inactivity (the minimum is 1 minute),
+# so its state reaches a steady size within the run; the default 30 would take the whole run.
+SOAK_SESSION_TIMEOUT_S = 120
+MEMORY_EVERY_S = 5.0
+
+
+@dataclass
+class MemoryTrace:
+    """Proportional set size (MB) of the scorer and of the job's process tree (driver, JVM,
+    Python workers: PSS shares pages between the forks fairly), every MEMORY_EVERY_S."""
+    seconds: list[float] = field(default_factory=list)
+    scorer_mb: list[float] = field(default_factory=list)
+    job_mb: list[float] = field(default_factory=list)
+
+    def sample(self, at_s: float, scorer: psutil.Process, job: psutil.Process) -> None:
+        self.seconds.append(at_s)
+        self.scorer_mb.append(_pss_mb([scorer]))
+        self.job_mb.append(_pss_mb([job, *job.children(recursive=True)]))
+
+    @staticmethod
+    def growth(values: list[float]) -> tuple[float, float]:
+        """(settled MB, growth %): the median over the middle of the run (40-55%: past
+        start-up and the first sessions' expiry) against the median of its last 15%."""
+        n = len(values)
+        settled = statistics.median(values[int(0.40 * n):max(int(0.55 * n), int(0.40 * n) + 1)])
+        final = statistics.median(values[int(0.85 * n):])
+        return settled, 100 * (final - settled) / settled
+
+
+def _pss_mb(processes: list[psutil.Process]) -> float:
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += process.memory_full_info().pss
+    return total / 2**20
+
+
+def _child_serving_on(port: int) -> psutil.Process:
+    for child in psutil.Process().children():
+        if "serve" in child.cmdline() and str(port) in child.cmdline():
+            return child
+    raise RuntimeError(f"no scorer process of ours serves port {port}")
+
+
+async def _live_requests(url: str, samples: Any, seconds: float, rate: float,
+                         on_tick: Any, producer_said: list) -> list[tuple[int, float]]:
+    """Scoring requests at `rate` for sessions the producer has just sent events of (from its
+    samples queue; its other messages go to `producer_said`): (status, latency ms) each.
+    `on_tick(elapsed s)` runs between requests."""
+    recent: collections.deque[str] = collections.deque(maxlen=5000)
+    rng = random.Random(0)
+    out: list[tuple[int, float]] = []
+    async with httpx.AsyncClient(timeout=2) as client:
+        async def one(session: str) -> None:
+            started = time.monotonic()
+            try:
+                status = (await client.post(f"{url}/v1/propensity",
+                                            json={"session_id": session})).status_code
+            except httpx.HTTPError:
+                status = 0
+            out.append((status, (time.monotonic() - started) * 1000))
+
+        tasks = []
+        start = time.monotonic()
+        while (elapsed := time.monotonic() - start) < seconds:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = samples.get_nowait()
+                    if isinstance(item, list):
+                        recent.extend(session for session, _, _ in item)
+                    else:
+                        producer_said.append(item)
+            on_tick(elapsed)
+            if recent:
+                tasks.append(asyncio.create_task(one(rng.choice(recent))))
+            await asyncio.sleep(1 / rate)
+        await asyncio.gather(*tasks)
+    return out
+
+
+def soak(settings: Settings, shape: Path, folder: Path, seconds: float, event_rate: float,
+         request_rate: float, log: Path) -> Outcome:
+    """The streaming job and the scorer for `seconds` at a moderate rate (generated traffic
+    with the shape of `shape`, event times = now): memory of both sampled (the trace goes
+    next to `log` as CSV), every event in the lake once, every request answered."""
+    local = isolated(settings, folder / "soak").model_copy(update={
+        "session_timeout_s": SOAK_SESSION_TIMEOUT_S, "watermark_delay_s": 30,
+        "models_uri": settings.models_uri})  # the scorer serves the registered model
+    spawn = multiprocessing.get_context("spawn")
+    samples = spawn.Queue()
+    producer = spawn.Process(target=produce_generated,
+                             args=(local, str(shape), event_rate, seconds, 10, samples))
+    trace = MemoryTrace()
+    job = _start_job(local, log)
+    try:
+        port = free_port()
+        with running_scorer(local, port) as url:
+            scorer = _child_serving_on(port)
+            job_process = psutil.Process(job.pid)
+
+            def on_tick(elapsed: float) -> None:
+                if not trace.seconds or elapsed - trace.seconds[-1] >= MEMORY_EVERY_S:
+                    trace.sample(elapsed, scorer, job_process)
+
+            producer.start()
+            said: list = []
+            answers = asyncio.run(_live_requests(url, samples, seconds, request_rate,
+                                                 on_tick, said))
+        producer.join(timeout=120)
+        if producer.exitcode != 0:
+            raise RuntimeError(f"the traffic producer failed (exit code {producer.exitcode})")
+        sent = _sent_by(said, samples)
+        in_lake = _lake_count_when_caught_up(local, sent)
+        alive = job.poll() is None
+    finally:
+        if producer.is_alive():
+            producer.kill()
+        stop_stream_job(job)
+    scorer_mb, scorer_growth = MemoryTrace.growth(trace.scorer_mb)
+    job_mb, job_growth = MemoryTrace.growth(trace.job_mb)
+    errors = sum(status != 200 for status, _ in answers)
+    latencies = sorted(ms for _, ms in answers)
+    figures = {
+        "seconds": seconds, "events sent (generated)": sent, "lost": sent - in_lake,
+        "requests": len(answers), "errors": errors,
+        "p99 ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
+        "scorer MB": f"{scorer_mb:.0f} -> {trace.scorer_mb[-1]:.0f} ({scorer_growth:+.1f}%)",
+        "job MB": f"{job_mb:.0f} -> {trace.job_mb[-1]:.0f} ({job_growth:+.1f}%)",
+    }
+    _write_trace(trace, log.with_suffix(".memory.csv"))
+    return Outcome("soak", alive and sent > 0 and in_lake == sent and errors == 0 and
+                   scorer_growth < SOAK_MAX_GROWTH_PCT and job_growth < SOAK_MAX_GROWTH_PCT,
+                   figures)
+
+
+SOAK_MAX_GROWTH_PCT = 10.0
+
+
+def _sent_by(said: list, samples: Any) -> int:
+    """The producer's count of events sent, from its final ("done", sent, seconds) message
+    (already heard, or still in the queue)."""
+    while True:
+        item = said.pop(0) if said else samples.get(timeout=30)
+        if isinstance(item, tuple) and item[0] == "done":
+            return item[1]
+
+
+def _lake_count_when_caught_up(settings: Settings, sent: int, timeout_s: float = 120) -> int:
+    """Distinct events in the lake once it holds `sent` (or after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        time.sleep(10)
+        lake = aws.read_parquet(settings, settings.events_uri)
+        count = 0 if lake is None else len(pc.unique(lake.column("event_id")))
+        if count >= sent or time.monotonic() > deadline:
+            return count
+
+
+def _write_trace(trace: MemoryTrace, path: Path) -> None:
+    rows = zip(trace.seconds, trace.scorer_mb, trace.job_mb, strict=True)
+    path.write_text("seconds,scorer_pss_mb,job_pss_mb\n" + "".join(
+        f"{t:.1f},{a:.1f},{b:.1f}\n" for t, a, b in rows))
+
+
 def run_chaos(settings: Settings, file: Path, short: bool) -> list[Outcome]:
     stack, chaos = fresh_stack(settings.home / "chaos")
+    logs = stack.dir
     outcomes = []
     try:
         register_shipped_model(chaos)
@@ -168,10 +449,17 @@ def run_chaos(settings: Settings, file: Path, short: bool) -> list[Outcome]:
             for scenario in (
                 # The sample's 3 hours at 150x last 70 s: room for two kills and restarts.
                 lambda: stream_kill(chaos, file, 2 if short else 5, 150 if short else 60,
-                                    stack.dir / "chaos-stream.log"),
+                                    logs / "chaos-stream-kill.log"),
+                # Longer than redis-py's own retries (at most 7 s), so the sink's are needed.
+                lambda: stream_redis(chaos, file, folder, 10 if short else 30,
+                                     200 if short else 60, logs / "chaos-stream-redis.log"),
+                lambda: kinesis_throttle(chaos, file, folder, 200 if short else 60,
+                                         logs / "chaos-kinesis-throttle.log"),
                 lambda: scorer_redis(chaos, file, folder, 9 if short else 30),
                 lambda: scorer_overload(chaos, file, folder, SUSTAINABLE_RPS,
                                         6 if short else 30),
+                lambda: soak(chaos, file, folder, 60 if short else 600, 200, 50,
+                             logs / "chaos-soak.log"),
             ):
                 outcome = scenario()
                 print(outcome.format(), flush=True)

@@ -10,11 +10,7 @@ Kinesis until its session's online features reflect it (their timestamp reaches 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +23,7 @@ from propensity import aws
 from propensity import features as F
 from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
 from propensity.replay import SentEvent, send_events
 from propensity.settings import Settings
 from propensity.stack import LocalStack
@@ -82,42 +79,27 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
         _remove(folder)
     log = stack.home / "stream.log"
     result.job_log = str(log)
-    job = _start_job(settings, log, trigger_s)
+    job = start_stream_job(settings, log, trigger_s, starting_position="LATEST")
     try:
-        _wait_for_job(job, log)
+        wait_for_first_batch(job, log)
         samples = multiprocessing.get_context("spawn").Queue()
         producer = multiprocessing.get_context("spawn").Process(
-            target=_produce, args=(settings, str(shape), rate, duration_s, events_per_record,
-                                   samples))
+            target=produce_generated,
+            args=(settings, str(shape), rate, duration_s, events_per_record, samples))
         producer.start()
         _probe(settings, samples, producer, result)
         producer.join()
     finally:
-        _stop(job)
+        stop_stream_job(job)
         stack.down()
     return result
 
 
-def _start_job(settings: Settings, log: Path, trigger_s: float) -> subprocess.Popen:
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    command = [str(Path(sys.executable).parent / "propensity"), "stream",
-               "--trigger", str(trigger_s), "--starting-position", "LATEST"]
-    with open(log, "wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=out,
-                                start_new_session=True)
-
-
-def _wait_for_job(job: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    """Until the job has run its first (empty) batch: Spark, the query and Feast are up."""
-    deadline = time.monotonic() + timeout_s
-    while "batch 0:" not in log.read_text(errors="replace"):
-        if job.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the streaming job did not start; see {log}")
-        time.sleep(0.5)
-
-
-def _produce(settings: Settings, shape: str, rate: float, duration_s: float,
+def produce_generated(settings: Settings, shape: str, rate: float, duration_s: float,
              events_per_record: int, samples: Any) -> None:
+    """Sends generated traffic (event times = send times) at `rate` for `duration_s`; puts
+    ("start", epoch s), lists of sampled (session, event epoch s, send epoch s) and at the
+    end ("done", events sent, seconds) on the `samples` queue. Runs in a process of its own."""
     model = TrafficModel.from_file(shape)
     kinesis = aws.client("kinesis", settings)
     every = max(1, int(rate / SAMPLES_PER_S))
@@ -187,16 +169,6 @@ def _probe(settings: Settings, samples: Any, producer: Any, result: StreamBenchR
         time.sleep(_POLL_S)
     result.unresolved = len(pending)
     result.processed_s = last_resolved - started
-
-
-def _stop(job: subprocess.Popen) -> None:
-    if job.poll() is None:
-        os.killpg(job.pid, signal.SIGTERM)
-        try:
-            job.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait(30)
 
 
 def _remove(folder: Path) -> None:
