@@ -3,7 +3,8 @@ job killed twice mid-replay, Redis killed for 10 s under the streaming job, Kine
 a share of the job's and the replay's calls (each: nothing lost, nothing counted twice, online
 features equal the fold), Redis killed under scorer load (degraded, never an error, recovery),
 the scorer at twice its sustainable rate (shed with 429, bounded latency, recovery), and a
-one-minute soak of job and scorer (memory settled, nothing lost, no error)."""
+one-minute soak of job and scorer (nothing lost, no error; memory shown, judged only in the
+10-minute form)."""
 
 from __future__ import annotations
 
@@ -27,4 +28,5 @@ def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
         assert stream.figures["online features equal"] is True
     assert outcomes[1].figures["Redis writes retried"] > 0
     assert outcomes[4].figures["shed (429)"] > 0
-    assert outcomes[5].figures["lost"] == 0 and outcomes[5].figures["errors"] == 0
+    soak = outcomes[5].figures
+    assert soak["lost"] == 0 and soak["errors"] == 0 and soak["memory judged"] is False

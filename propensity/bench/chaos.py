@@ -15,8 +15,9 @@
 - scorer-overload: twice the scorer's sustainable rate: load shed with 429, the answered
   requests' latency bounded, then normal latency again at a normal rate.
 - soak: the streaming job and the scorer at a moderate rate of generated traffic (the real
-  sample's shape, event times = now) for 10 minutes (1 with --short): their memory sampled
-  every 5 s must not grow once settled; nothing lost; every request answered.
+  sample's shape, event times = now) for 10 minutes: their memory sampled every 5 s must not
+  grow once settled; nothing lost; every request answered. With --short it runs one minute,
+  which is inside the warm-up: memory is shown there, not judged.
 
 It runs on a stack of its own under $PROPENSITY_HOME/chaos (started and stopped here).
 """
@@ -355,10 +356,13 @@ async def _live_requests(url: str, samples: Any, seconds: float, rate: float,
 
 
 def soak(settings: Settings, shape: Path, folder: Path, seconds: float, event_rate: float,
-         request_rate: float, log: Path) -> Outcome:
+         request_rate: float, log: Path, judge_memory: bool = True) -> Outcome:
     """The streaming job and the scorer for `seconds` at a moderate rate (generated traffic
     with the shape of `shape`, event times = now): memory of both sampled (the trace goes
-    next to `log` as CSV), every event in the lake once, every request answered."""
+    next to `log` as CSV) and, when `judge_memory`, settled; every event in the lake once,
+    every request answered. (A run of a minute or two is inside the warm-up of the JVM's heap
+    and of the session state, whose sessions close after SOAK_SESSION_TIMEOUT_S: its memory
+    figures are shown, not judged.)"""
     local = isolated(settings, folder / "soak").model_copy(update={
         "session_timeout_s": SOAK_SESSION_TIMEOUT_S, "watermark_delay_s": 30,
         "models_uri": settings.models_uri})  # the scorer serves the registered model
@@ -404,9 +408,10 @@ def soak(settings: Settings, shape: Path, folder: Path, seconds: float, event_ra
         "job MB": f"{job_mb:.0f} -> {trace.job_mb[-1]:.0f} ({job_growth:+.1f}%)",
     }
     _write_trace(trace, log.with_suffix(".memory.csv"))
+    settled = scorer_growth < SOAK_MAX_GROWTH_PCT and job_growth < SOAK_MAX_GROWTH_PCT
+    figures["memory judged"] = judge_memory
     return Outcome("soak", alive and sent > 0 and in_lake == sent and errors == 0 and
-                   scorer_growth < SOAK_MAX_GROWTH_PCT and job_growth < SOAK_MAX_GROWTH_PCT,
-                   figures)
+                   (settled or not judge_memory), figures)
 
 
 SOAK_MAX_GROWTH_PCT = 10.0
@@ -459,7 +464,7 @@ def run_chaos(settings: Settings, file: Path, short: bool) -> list[Outcome]:
                 lambda: scorer_overload(chaos, file, folder, SUSTAINABLE_RPS,
                                         6 if short else 30),
                 lambda: soak(chaos, file, folder, 60 if short else 600, 200, 50,
-                             logs / "chaos-soak.log"),
+                             logs / "chaos-soak.log", judge_memory=not short),
             ):
                 outcome = scenario()
                 print(outcome.format(), flush=True)
