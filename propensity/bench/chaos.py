@@ -278,6 +278,8 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
 # The soak's Spark sessions close after 2 minutes of inactivity (the minimum is 1 minute),
 # so its state reaches a steady size within the run; the default 30 would take the whole run.
 SOAK_SESSION_TIMEOUT_S = 120
+# Largest growth of settled memory (middle of the run to its end) that passes.
+SOAK_MAX_GROWTH_PCT = 5.0
 MEMORY_EVERY_S = 5.0
 
 
@@ -302,6 +304,18 @@ class MemoryTrace:
         settled = statistics.median(values[int(0.40 * n):max(int(0.55 * n), int(0.40 * n) + 1)])
         final = statistics.median(values[int(0.85 * n):])
         return settled, 100 * (final - settled) / settled
+
+    def slope_mb_per_min(self, values: list[float]) -> float:
+        """Least-squares trend of the run's second half, in MB per minute."""
+        half = len(values) // 2
+        if len(values) - half < 2:
+            return float("nan")
+        return statistics.linear_regression(self.seconds[half:], values[half:]).slope * 60
+
+    def summary(self, values: list[float]) -> tuple[str, float]:
+        settled, growth = self.growth(values)
+        return (f"{settled:.0f} -> {values[-1]:.0f} ({growth:+.1f}%, "
+                f"{self.slope_mb_per_min(values):+.1f} MB/min late)", growth)
 
 
 def _pss_mb(processes: list[psutil.Process]) -> float:
@@ -396,25 +410,21 @@ def soak(settings: Settings, shape: Path, folder: Path, seconds: float, event_ra
         if producer.is_alive():
             producer.kill()
         stop_stream_job(job)
-    scorer_mb, scorer_growth = MemoryTrace.growth(trace.scorer_mb)
-    job_mb, job_growth = MemoryTrace.growth(trace.job_mb)
+    scorer_memory, scorer_growth = trace.summary(trace.scorer_mb)
+    job_memory, job_growth = trace.summary(trace.job_mb)
     errors = sum(status != 200 for status, _ in answers)
     latencies = sorted(ms for _, ms in answers)
     figures = {
         "seconds": seconds, "events sent (generated)": sent, "lost": sent - in_lake,
         "requests": len(answers), "errors": errors,
         "p99 ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
-        "scorer MB": f"{scorer_mb:.0f} -> {trace.scorer_mb[-1]:.0f} ({scorer_growth:+.1f}%)",
-        "job MB": f"{job_mb:.0f} -> {trace.job_mb[-1]:.0f} ({job_growth:+.1f}%)",
+        "scorer MB": scorer_memory, "job MB": job_memory,
     }
     _write_trace(trace, log.with_suffix(".memory.csv"))
     settled = scorer_growth < SOAK_MAX_GROWTH_PCT and job_growth < SOAK_MAX_GROWTH_PCT
     figures["memory judged"] = judge_memory
     return Outcome("soak", alive and sent > 0 and in_lake == sent and errors == 0 and
                    (settled or not judge_memory), figures)
-
-
-SOAK_MAX_GROWTH_PCT = 10.0
 
 
 def _sent_by(said: list, samples: Any) -> int:
