@@ -1,5 +1,5 @@
 """The short chaos suite (`propensity bench chaos --short`) on its own stack: the streaming
-job killed twice mid-replay, Redis killed for 10 s under the streaming job, Kinesis throttling
+job killed twice mid-replay, Redis killed for 20 s under the streaming job, Kinesis throttling
 a share of the job's and the replay's calls (each: nothing lost, nothing counted twice, online
 features equal the fold), Redis killed under scorer load (degraded, never an error, recovery),
 the scorer at twice its sustainable rate (shed with 429, bounded latency, recovery), and a

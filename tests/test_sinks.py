@@ -48,12 +48,14 @@ def test_online_rows_are_byte_identical_to_feasts_own_conversion() -> None:
 
 
 def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
-    """A real redis-server killed before a write and started again 9 s later (longer than
-    redis-py's own 3 retries, at most 7 s): the write waits for it instead of failing the
-    batch, and lands whole."""
+    """A real redis-server killed before a write and started again 3 s later: the write
+    waits for it instead of failing the batch, and lands whole. (redis-py's own retries,
+    up to 14 s, are turned off here so that the outage needs the sink's.)"""
     import threading
 
     from feast.infra.online_stores.redis import RedisOnlineStore
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     import feature_repo
     from feature_repo.online import write_latest
@@ -70,8 +72,9 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
     table = pa.Table.from_pandas(snapshots[list(SESSION_COLUMNS)], preserve_index=False)
     try:
         write_latest(store, config, view, table.slice(0, 10))  # the store is connected
+        store._get_client(config.online_store).set_retry(Retry(NoBackoff(), 0))
         server.stop()
-        restart = threading.Timer(9.0, server.start)
+        restart = threading.Timer(3.0, server.start)
         restart.start()
         report = BatchReport(batch_id=7)
         written = retry_while_unavailable(

@@ -465,8 +465,8 @@ def run_chaos(settings: Settings, file: Path, short: bool) -> list[Outcome]:
                 # The sample's 3 hours at 150x last 70 s: room for two kills and restarts.
                 lambda: stream_kill(chaos, file, 2 if short else 5, 150 if short else 60,
                                     logs / "chaos-stream-kill.log"),
-                # Longer than redis-py's own retries (at most 7 s), so the sink's are needed.
-                lambda: stream_redis(chaos, file, folder, 10 if short else 30,
+                # Longer than redis-py's own retries (at most 14 s), so the sink's are needed.
+                lambda: stream_redis(chaos, file, folder, 20 if short else 30,
                                      200 if short else 60, logs / "chaos-stream-redis.log"),
                 lambda: kinesis_throttle(chaos, file, folder, 200 if short else 60,
                                          logs / "chaos-kinesis-throttle.log"),
