@@ -15,7 +15,10 @@
 - `steady_requests(url, bodies, seconds, rate)`: scoring requests at a steady rate, with
   each one's status, answer and latency.
 - `RedisProcess`: a redis-server of a test's own, which the test may stop and start again
-  (on the same port) to show what happens while Redis is away.
+  (on the same port) to show what happens while Redis is away; durable (append-only file) or not.
+
+Kinesis throttling at the HTTP level, for processes that cannot take a wrapped client (the
+streaming job), is `propensity.throttling_proxy.ThrottlingProxy`.
 """
 
 from __future__ import annotations
