@@ -1,4 +1,14 @@
-"""The scorer: an async FastAPI service returning purchase propensities from Feast features.
+"""The scorer: an async FastAPI service that the shop's backend calls during a session; it
+reads the session's, user's and product's online features from Redis (Feast's format) and
+returns a calibrated purchase propensity.
 
-Not built yet (issue 6); the folder is reserved for it.
+- app.py         the ASGI app: endpoints, request timer, load shedding, API key, body limit,
+                 model hot swap, degraded answers past the read deadline
+- online.py      the online-feature reads (one pipelined round trip; or Feast's async read)
+- redis_wire.py  the multiplexed hiredis connection those reads use
+- scoring.py     features -> model row -> propensity and explanation
 """
+
+# The shop's p99 budget for one propensity call, end to end; tests and the chaos suite hold
+# every answer to it (the scorer aims far lower, see README).
+LATENCY_BUDGET_MS = 100.0

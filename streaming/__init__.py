@@ -1,4 +1,9 @@
 """The streaming job: Kinesis -> stateful sessionization -> Redis (Feast online) + S3 Parquet.
 
-Not built yet (issue 3); the folder is reserved for it.
+- kinesis_source.py  Kinesis as a Structured Streaming source (Python Data Source API)
+- parse.py           the event contract applied to raw records; packed rows
+- sessionize.py      per-session state (the shared feature fold) with late-event handling
+- sinks.py           lake, feature archive, quarantine and Redis writes per micro-batch
+- metrics.py         per-batch CloudWatch metrics
+- job.py             the query; also the spark-submit entry point
 """

@@ -25,12 +25,10 @@ from propensity.testing import (
     session_requests,
     steady_requests,
 )
-from serving import scoring
+from serving import LATENCY_BUDGET_MS, scoring
 from serving.online import Entities, FeastFeatures, RedisFeatures
 from tests.test_model import NOVEMBER, OCTOBER, points_without_history
 from training.train import fit_model
-
-BUDGET_MS = 100.0
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +201,7 @@ def test_redis_dies_mid_run_answers_degrade_within_budget_then_recover(served: d
         load_session_features(served["settings"], NOVEMBER)
     statuses = {status for _, status, _, _ in results}
     assert statuses == {200}, statuses  # never an error, let alone a 5xx
-    assert max(latency for *_, latency in results) < BUDGET_MS
+    assert max(latency for *_, latency in results) < LATENCY_BUDGET_MS
     degraded = [body["degraded"] for _, _, body, _ in results]
     assert any(degraded), "Redis was down for 2 s: some answers must say so"
     assert not any(degraded[-50:]), "and the scorer recovers by itself"

@@ -66,8 +66,8 @@ from propensity.testing import (
     steady_requests,
 )
 from propensity.throttling_proxy import ThrottlingProxy
+from serving import LATENCY_BUDGET_MS
 
-BUDGET_MS = 100.0
 # One scorer process on this 2-core machine, load generator included (README, bench serve).
 SUSTAINABLE_RPS = 2500.0
 
@@ -251,7 +251,7 @@ def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -
     latencies = [r[3] for r in results]
     recovered = not any(degraded[-20:])
     return Outcome("scorer-redis", set(statuses) == {200} and any(degraded) and recovered
-                   and max(latencies) < BUDGET_MS,
+                   and max(latencies) < LATENCY_BUDGET_MS,
                    {"requests": len(results), "errors": sum(s != 200 for s in statuses),
                     "degraded": sum(degraded), "max ms": round(max(latencies), 1),
                     "recovered": recovered})
@@ -268,7 +268,7 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
         after = run_as_process(f"{url}/v1/propensity", bodies, sustainable / 2, seconds / 2)
     other_errors = {k: v for k, v in over["errors"].items() if k != "429"}
     return Outcome("scorer-overload", not other_errors and not after["errors"]
-                   and over["p99_ms"] < BUDGET_MS and after["p99_ms"] < 10,
+                   and over["p99_ms"] < LATENCY_BUDGET_MS and after["p99_ms"] < 10,
                    {"offered/s": 2 * sustainable, "answered/s": round(over["achieved_rps"]),
                     "shed (429)": over["errors"].get("429", 0), "other errors": other_errors,
                     "p99 ms": round(over["p99_ms"], 1),
