@@ -209,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_serve.set_defaults(handler=_bench_serve)
 
     bench_chaos = benches.add_parser(
-        "chaos", help="faults under load: job kills, Redis restarts, scorer overload")
+        "chaos", help="faults under load: job kills, Redis restarts under the job and the "
+        "scorer, Kinesis throttling, scorer overload, a soak")
     bench_chaos.add_argument("--short", action="store_true",
                              help="the quick form (CI): fewer kills, shorter loads")
     bench_chaos.add_argument("--file", type=Path, default=SAMPLE,

@@ -170,6 +170,7 @@ class MicroBatchSink:
 # timeouts, "LOADING" while the dataset is read back, "READONLY" from a demoted primary.
 REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
                      redis.ReadOnlyError)
+REDIS_RETRY_LOG = "Redis unavailable writing"  # each retry's log line (the chaos suite counts)
 
 
 def retry_while_unavailable(write: Callable[[], int], budget_s: float, report: BatchReport,
@@ -186,8 +187,8 @@ def retry_while_unavailable(write: Callable[[], int], budget_s: float, report: B
             if clock() >= deadline:
                 raise
             report.online_retries += 1
-            log.warning("batch %d: Redis unavailable writing %s (%s); retrying",
-                        report.batch_id, what, exc)
+            log.warning("batch %d: %s %s (%s); retrying", report.batch_id, REDIS_RETRY_LOG,
+                        what, exc)
             sleep(next(delays))
 
 

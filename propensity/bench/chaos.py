@@ -67,6 +67,7 @@ from propensity.testing import (
 )
 from propensity.throttling_proxy import ThrottlingProxy
 from serving import LATENCY_BUDGET_MS
+from streaming.sinks import REDIS_RETRY_LOG
 
 # One scorer process on this 2-core machine, load generator included (README, bench serve).
 SUSTAINABLE_RPS = 2500.0
@@ -121,14 +122,19 @@ def _wait_for_batches(settings: Settings, more: int, replayer: threading.Thread)
     return True
 
 
-def _exactly_once(settings: Settings, summary: ReplaySummary) -> dict:
-    """What the lake holds of the replay: lost and doubled events (both should be 0)."""
+def _lake_event_ids(settings: Settings) -> tuple[int, int]:
+    """(events, distinct event ids) in the settings' event lake."""
     lake = aws.read_parquet(settings, settings.events_uri)
     ids = pa.chunked_array([], pa.string()) if lake is None else lake.column("event_id")
+    return len(ids), len(pc.unique(ids))
+
+
+def _exactly_once(settings: Settings, summary: ReplaySummary) -> dict:
+    """What the lake holds of the replay: lost and doubled events (both should be 0)."""
+    rows, in_lake = _lake_event_ids(settings)
     distinct_sent = summary.sent - summary.duplicates
-    in_lake = len(pc.unique(ids))
     return {"events sent": summary.sent, "distinct": distinct_sent,
-            "lost": distinct_sent - in_lake, "counted twice": len(ids) - in_lake}
+            "lost": distinct_sent - in_lake, "counted twice": rows - in_lake}
 
 
 def _nothing_lost(figures: dict) -> bool:
@@ -187,7 +193,7 @@ def stream_redis(settings: Settings, file: Path, folder: Path, outage_s: float, 
             stop_stream_job(job)
     finally:
         server.stop()
-    retried = log.read_text(errors="replace").count("Redis unavailable writing")
+    retried = log.read_text(errors="replace").count(REDIS_RETRY_LOG)
     figures = {"outage s": outage_s if killed else 0, "job survived": alive,
                "Redis writes retried": retried, **_exactly_once(local, sent["summary"]),
                "online features equal": online_ok,
@@ -441,8 +447,7 @@ def _lake_count_when_caught_up(settings: Settings, sent: int, timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while True:
         time.sleep(10)
-        lake = aws.read_parquet(settings, settings.events_uri)
-        count = 0 if lake is None else len(pc.unique(lake.column("event_id")))
+        count = _lake_event_ids(settings)[1]
         if count >= sent or time.monotonic() > deadline:
             return count
 
