@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 from propensity.replay import SentEvent
 from propensity.settings import Settings
@@ -165,7 +167,8 @@ def wait_for_first_batch(job: subprocess.Popen, log: Path, timeout_s: float = 18
 
 def stop_stream_job(job: subprocess.Popen, timeout_s: float = 30) -> None:
     """SIGTERM to the job's process group (driver, JVM, Python workers), SIGKILL if it
-    lingers."""
+    lingers; returns once none of the group runs, so a JVM still shutting down does not
+    share the machine with what comes next."""
     if job.poll() is None:
         os.killpg(job.pid, signal.SIGTERM)
         try:
@@ -173,6 +176,22 @@ def stop_stream_job(job: subprocess.Popen, timeout_s: float = 30) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(job.pid) and time.monotonic() < deadline + timeout_s:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _group_alive(group: int) -> bool:
+    """Whether a process of the group still runs (zombies, already dead, do not count)."""
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if (os.getpgid(process.pid) == group
+                    and process.info["status"] != psutil.STATUS_ZOMBIE):
+                return True
+    return False
 
 
 def report(watch: Watch, folder: Path, model_version: str, sent: int) -> Path:

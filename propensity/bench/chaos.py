@@ -234,6 +234,9 @@ def kinesis_throttle(settings: Settings, file: Path, folder: Path, speed: float,
 
 
 def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -> Outcome:
+    """redis-server killed and restarted under 100 scoring requests/s: never an error,
+    degraded answers while it is away, recovery by itself; no request over the budget at the
+    scorer (its own request histogram) and the shop-side p99 within it."""
     redis_server = RedisProcess(folder / "redis")
     redis_server.start()
     local = settings.model_copy(update={"redis": redis_server.connection_string})
@@ -250,17 +253,36 @@ def scorer_redis(settings: Settings, file: Path, folder: Path, seconds: float) -
                 return await load
 
             results = asyncio.run(scenario())
+            over_at_scorer = scorer_requests_over(url, LATENCY_BUDGET_MS)
     finally:
         redis_server.stop()
     statuses = [r[1] for r in results]
     degraded = [bool(r[2] and r[2]["degraded"]) for r in results]
-    latencies = [r[3] for r in results]
+    latencies = sorted(r[3] for r in results)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
     recovered = not any(degraded[-20:])
     return Outcome("scorer-redis", set(statuses) == {200} and any(degraded) and recovered
-                   and max(latencies) < LATENCY_BUDGET_MS,
+                   and over_at_scorer == 0 and p99 < LATENCY_BUDGET_MS,
                    {"requests": len(results), "errors": sum(s != 200 for s in statuses),
-                    "degraded": sum(degraded), "max ms": round(max(latencies), 1),
+                    "degraded": sum(degraded), "p99 ms": round(p99, 1),
+                    "max ms": round(latencies[-1], 1),
+                    f"over {LATENCY_BUDGET_MS:.0f} ms at the scorer": over_at_scorer,
                     "recovered": recovered})
+
+
+def scorer_requests_over(url: str, budget_ms: float) -> int:
+    """Scoring requests the scorer itself took longer than `budget_ms` over (its
+    propensity_request_seconds histogram, whose buckets include the budget)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    (family,) = (f for f in text_string_to_metric_families(text)
+                 if f.name == "propensity_request_seconds")
+    samples = [s for s in family.samples if s.labels.get("endpoint") == "propensity"]
+    total = next(s.value for s in samples if s.name.endswith("_count"))
+    within = next(s.value for s in samples if s.name.endswith("_bucket")
+                  and float(s.labels["le"]) == budget_ms / 1000)
+    return int(total - within)
 
 
 def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: float,
