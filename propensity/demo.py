@@ -103,12 +103,54 @@ def fresh_stack(home: Path) -> tuple[LocalStack, Settings]:
     return stack, settings
 
 
+def online_entities(settings: Settings, view: str, key: str, ids: list[int]) -> int:
+    """How many of the entities (distinct `ids` of `key`) Feast serves features of."""
+    import feature_repo
+    from feature_repo.definitions import feature_view
+
+    ids = sorted(set(ids))
+    names = [f.name for f in feature_view(settings, view).features]
+    served = feature_repo.store(settings).get_online_features(
+        features=[f"{view}:{name}" for name in names],
+        entity_rows=[{key: i} for i in ids]).to_df()
+    return int(served[names].notna().any(axis=1).sum())
+
+
+def run_daily_batch(settings: Settings, imports: list[Path]) -> None:
+    """The daily batch (imports, if any, then the lake's days) into Feast, its summary shown."""
+    from batch.job import run as run_batch
+
+    summary = run_batch(settings, argparse.Namespace(imports=imports, as_of=None, first=None,
+                                                     last=None))
+    print("      " + summary.format().replace("\n", "\n      "))
+
+
+def batch_effect(settings: Settings, url: str, requests: list[dict]) -> str:
+    """The shop's requests for the last active sessions scored before and after the daily
+    batch over the day just streamed: what Feast now serves of their users and products, and
+    how far their propensities moved."""
+    from propensity.live_demo import propensities
+
+    before = propensities(url, requests)
+    run_daily_batch(settings, [])
+    after = propensities(url, requests)
+    users = online_entities(settings, F.USER_VIEW, F.USER_ID, [r[F.USER_ID] for r in requests])
+    products = online_entities(settings, F.PRODUCT_VIEW, F.PRODUCT_ID,
+                               [r[F.PRODUCT_ID] for r in requests])
+    moved = np.abs(np.array(after) - np.array(before))
+    return (f"the last {len(requests)} active sessions: Feast now serves user features of "
+            f"{users} of {len({r[F.USER_ID] for r in requests})} users and product features of "
+            f"{products} of {len({r[F.PRODUCT_ID] for r in requests})} products; their "
+            f"propensities moved by {moved.mean():.4f} on average (at most {moved.max():.4f})")
+
+
 def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: float = 80.0,
              duration_s: float = 150.0, history: list[Path] | None = None) -> int:
     from propensity import live_demo
     from propensity.testing import running_scorer
+    from serving.app import MAX_BATCH
 
-    print("[1/6] starting the local stack (redis-server, moto) ...")
+    print("[1/7] starting the local stack (redis-server, moto) ...")
     started = time.monotonic()
     stack, demo = fresh_stack(settings.home / "demo")  # what arrives is this run's alone
     print(f"      up in {time.monotonic() - started:.1f} s: redis {demo.redis}, "
@@ -116,26 +158,23 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
     stream_job = None
     watch = live_demo.Watch()
     try:
-        print("[2/6] history and the daily batch ...")
+        print("[2/7] history and the daily batch ...")
         if history:
-            from batch.job import run as run_batch
-
-            summary = run_batch(demo, argparse.Namespace(imports=history, as_of=None,
-                                                         first=None, last=None))
-            print("      " + summary.format().replace("\n", "\n      "))
+            run_daily_batch(demo, history)
         else:
             print("      no --history given: user and product features start empty (the "
-                  "bundled sample is one day; the batch publishes a day once it has ended)")
-        print("[3/6] the model: the shipped one becomes the store's `latest` ...")
+                  "bundled sample is the first hours of its shop's data); the batch runs over "
+                  "the streamed day in step 6")
+        print("[3/7] the model: the shipped one becomes the store's `latest` ...")
         version = register_shipped_model(demo)
         print(f"      {version} (LightGBM, REES46 cosmetics Oct -> Nov; see "
               "propensity/data/model/model_card.md)")
-        print("[4/6] starting the streaming job and the scorer ...")
+        print("[4/7] starting the streaming job and the scorer ...")
         log = stack.dir / "demo-stream.log"
         stream_job = live_demo.start_stream_job(demo, log)
         with running_scorer(demo) as url:
             print(f"      scorer on {url}; streaming job log {log}")
-            print(f"[5/6] replaying {file} at {speed:g}x for up to {duration_s:.0f} s, while "
+            print(f"[5/7] replaying {file} at {speed:g}x for up to {duration_s:.0f} s, while "
                   "the shop asks for propensities ...")
             kinesis = aws.client("kinesis", demo)
             shop = live_demo.Shop(url, watch)
@@ -159,8 +198,13 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
             time.sleep(4)  # the last micro-batches reach Redis
             shop.stop()
             watch.read_job_log(log)
-        print("[6/6] checking what Feast serves, and the report ...")
-        ok = check_online(demo, file, watch.sent)
+            print("[6/7] what Feast serves, then the daily batch over the streamed day ...")
+            ok = check_online(demo, file, watch.sent)
+            live_demo.stop_stream_job(stream_job)  # caught up: the lake holds every event
+            stream_job = None
+            effect = batch_effect(demo, url, watch.recent_requests(MAX_BATCH))
+            print(f"      {effect}")
+        print("[7/7] the report ...")
         path = live_demo.report(watch, settings.home / "demo-report", version, watch.sent)
         answers = watch.answers
         latencies = [a.latency_ms for a in answers] or [0.0]
@@ -168,7 +212,8 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
               f" s; {len(answers):,} propensities served ({watch.errors} errors, "
               f"{sum(a.degraded for a in answers)} degraded), latency p50 "
               f"{np.percentile(latencies, 50):.1f} ms p99 {np.percentile(latencies, 99):.1f} ms;"
-              f" freshness p50 {np.median(watch.freshness_p50_s or [0]):.2f} s; report {path}")
+              f" freshness p50 {np.median(watch.freshness_p50_s or [0]):.2f} s; {effect}; "
+              f"report {path}")
         return 0 if ok and not watch.errors else 1
     finally:
         if stream_job is not None:

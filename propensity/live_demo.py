@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import psutil
 
 from propensity.replay import SentEvent
@@ -49,6 +50,8 @@ class Watch:
     started: float = field(default_factory=time.monotonic)
     sent: int = 0
     sent_times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=4096))
+    # session -> the scoring request the shop makes for it: the shopper and the product of
+    # its latest event (the shop's backend knows both), most recently active last
     active: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     answers: list[Answer] = field(default_factory=list)
     errors: int = 0
@@ -59,15 +62,19 @@ class Watch:
         with self.lock:
             self.sent += len(events)
             self.sent_times.append((time.monotonic(), len(events)))
-            for event in events:  # most recently active sessions last
+            for event in events:
+                fields = orjson.loads(event.data)
                 self.active.pop(event.key, None)
-                self.active[event.key] = time.monotonic()
+                self.active[event.key] = {"session_id": event.key,
+                                          "user_id": fields["user_id"],
+                                          "product_id": fields["product_id"]}
             while len(self.active) > 2000:
                 self.active.popitem(last=False)
 
-    def recent_sessions(self, n: int) -> list[str]:
+    def recent_requests(self, n: int) -> list[dict]:
+        """The scoring requests of the `n` sessions active most recently."""
         with self.lock:
-            return list(self.active)[-n:]
+            return list(self.active.values())[-n:]
 
     def events_per_s(self, window_s: float = 5.0) -> float:
         now = time.monotonic()
@@ -122,26 +129,33 @@ class Shop:
         pending: set[asyncio.Task] = set()
         async with httpx.AsyncClient(timeout=1.0) as client:
             while not self._stop.is_set():
-                for session in self.watch.recent_sessions(3):
-                    task = asyncio.create_task(self._ask(client, session))
+                for request in self.watch.recent_requests(3):
+                    task = asyncio.create_task(self._ask(client, request))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 await asyncio.sleep(3 / self.rate)
             await asyncio.gather(*pending)  # let the last answers land
 
-    async def _ask(self, client: httpx.AsyncClient, session: str) -> None:
+    async def _ask(self, client: httpx.AsyncClient, request: dict) -> None:
         started = time.monotonic()
         try:
-            response = await client.post(f"{self.url}/v1/propensity",
-                                         json={"session_id": session})
+            response = await client.post(f"{self.url}/v1/propensity", json=request)
             body = response.json()
             if response.status_code != 200:
                 raise ValueError(body)
             self.watch.answers.append(Answer(
-                started - self.watch.started, session, body["propensity"],
+                started - self.watch.started, request["session_id"], body["propensity"],
                 (time.monotonic() - started) * 1000, body["degraded"]))
         except (httpx.HTTPError, ValueError, KeyError):
             self.watch.errors += 1
+
+
+def propensities(url: str, requests: list[dict]) -> list[float]:
+    """The scorer's propensities of the requests, in one batch call (at most MAX_BATCH)."""
+    response = httpx.post(f"{url}/v1/propensity/batch", json={"requests": requests},
+                          timeout=10)
+    response.raise_for_status()
+    return [result["propensity"] for result in response.json()["results"]]
 
 
 def start_stream_job(settings: Settings, log: Path, trigger_s: float = 1.0,

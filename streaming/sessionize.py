@@ -24,9 +24,9 @@ bucket's frontier follows the stream's; and unlike Spark's, it survives restarts
 
 Expiry: a session whose last event is more than the session timeout behind its bucket's
 watermark (as of the end of the batch) is removed from state, scanning the bucket's map once per
-`scan_interval_s` of watermark progress. No event that is not late can still belong to such a
-session, because the fold starts a fresh session after a gap longer than the timeout anyway:
-expiry frees memory, it never changes a feature.
+`scan_interval_s` of watermark progress (a quarter of the timeout, at most 5 minutes). No event
+that is not late can still belong to such a session, because the fold starts a fresh session
+after a gap longer than the timeout anyway: expiry frees memory, it never changes a feature.
 """
 
 from __future__ import annotations
@@ -74,11 +74,21 @@ _CLOCK = StructType([StructField("frontier_us", LongType()),
                      StructField("last_scan_us", LongType())])
 
 
+# Expiry scans a bucket's map at most this often (watermark time): a scan reads every session.
+MAX_SCAN_INTERVAL_S = 300
+
+
 @dataclass(frozen=True)
 class SessionizeConfig:
     session_timeout_s: int
     watermark_delay_s: int
-    scan_interval_s: int = 300
+
+    @property
+    def scan_interval_s(self) -> int:
+        """A quarter of the session timeout, at most MAX_SCAN_INTERVAL_S: state holds at most
+        the sessions of timeout + delay + a quarter of the timeout, whatever the timeout (a
+        fixed 5 minutes let a 2-minute timeout's state swing by 3 times)."""
+        return max(1, min(MAX_SCAN_INTERVAL_S, self.session_timeout_s // 4))
 
     @property
     def timeout_us(self) -> int:

@@ -4,6 +4,7 @@ asks for propensities; Feast's online features checked; the report written."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from propensity.demo import run_demo
@@ -17,8 +18,15 @@ def test_the_demo_runs_end_to_end_and_writes_its_report(tmp_path: Path,
     settings = Settings(PROPENSITY_HOME=tmp_path)
     assert run_demo(settings, SAMPLE, speed=400, duration_s=25) == 0
     out = capsys.readouterr().out
-    assert "[6/6]" in out and "summary:" in out and "demo stack stopped" in out
+    assert "[7/7]" in out and "summary:" in out and "demo stack stopped" in out
     assert "equal the recomputation" in out
+    # The daily batch over the streamed day: the shop's last sessions get user and product
+    # features (most of their users and products were seen earlier in the sample).
+    served = re.search(r"Feast now serves user features of (\d+) of (\d+) users and product "
+                       r"features of (\d+) of (\d+) products", out)
+    assert served, out
+    users, all_users, products, all_products = map(int, served.groups())
+    assert users == all_users > 0 and products == all_products > 0
     report = tmp_path / "demo-report"
     assert (report / "report.md").exists()
     for plot in ("propensity.png", "latency.png", "freshness.png"):

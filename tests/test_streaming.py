@@ -28,6 +28,7 @@ from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
 from streaming.job import StreamOptions, run, start
+from streaming.sessionize import SessionizeConfig
 from tests.feature_oracle import assert_same_snapshots, expected_snapshots
 from tests.test_events import BASE
 
@@ -281,3 +282,9 @@ def test_resharding_keeps_every_event_once(spark: SparkSession, pipeline: Settin
     assert_same_snapshots(sessions.merge(archive(pipeline, F.SESSION_PRODUCT_VIEW),
                                          on=[F.SESSION_ID, "event_id", F.EVENT_TIMESTAMP]),
                           expected)
+
+
+def test_expiry_scans_every_quarter_of_the_timeout_at_most_every_5_minutes() -> None:
+    assert SessionizeConfig(session_timeout_s=1800, watermark_delay_s=600).scan_interval_s == 300
+    assert SessionizeConfig(session_timeout_s=120, watermark_delay_s=30).scan_interval_s == 30
+    assert SessionizeConfig(session_timeout_s=2, watermark_delay_s=0).scan_interval_s == 1
