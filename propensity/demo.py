@@ -205,7 +205,8 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
             effect = batch_effect(demo, url, watch.recent_requests(MAX_BATCH))
             print(f"      {effect}")
         print("[7/7] the report ...")
-        path = live_demo.report(watch, settings.home / "demo-report", version, watch.sent)
+        path = live_demo.report(watch, settings.home / "demo-report", version, watch.sent,
+                                effect)
         answers = watch.answers
         latencies = [a.latency_ms for a in answers] or [0.0]
         print(f"summary: {watch.sent:,} events replayed in {time.monotonic() - watch.started:.0f}"

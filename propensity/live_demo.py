@@ -208,8 +208,10 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-def report(watch: Watch, folder: Path, model_version: str, sent: int) -> Path:
-    """report.md with propensity-over-time, latency and freshness plots; returns its path."""
+def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effect: str
+           ) -> Path:
+    """report.md with propensity-over-time, latency and freshness plots and the daily batch's
+    effect on the last sessions; returns its path."""
     from matplotlib.figure import Figure
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -257,7 +259,8 @@ def report(watch: Watch, folder: Path, model_version: str, sent: int) -> Path:
         f"{sum(a.degraded for a in answers)}; latency p50 {np.percentile(latencies, 50):.1f} ms,"
         f" p99 {np.percentile(latencies, 99):.1f} ms",
         f"- feature freshness (p50 per micro-batch): median {np.median(fresh):.2f} s, max "
-        f"{fresh.max():.2f} s over {len(watch.freshness_p50_s)} batches", "",
+        f"{fresh.max():.2f} s over {len(watch.freshness_p50_s)} batches",
+        f"- the daily batch over the streamed day, for {batch_effect}", "",
         "![propensity over time](propensity.png)", "",
         "![scorer latency](latency.png)", "",
         "![feature freshness](freshness.png)", "",

@@ -28,7 +28,7 @@ def test_the_demo_runs_end_to_end_and_writes_its_report(tmp_path: Path,
     users, all_users, products, all_products = map(int, served.groups())
     assert users == all_users > 0 and products == all_products > 0
     report = tmp_path / "demo-report"
-    assert (report / "report.md").exists()
+    assert "the daily batch over the streamed day" in (report / "report.md").read_text()
     for plot in ("propensity.png", "latency.png", "freshness.png"):
         assert (report / plot).read_bytes().startswith(b"\x89PNG"), plot
     assert not any(status.running for status in LocalStack(tmp_path / "demo").status())
