@@ -9,9 +9,10 @@ events sent, a summary, and a report with plots.
 
 from __future__ import annotations
 
-import argparse
+import os
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -116,23 +117,28 @@ def online_entities(settings: Settings, view: str, key: str, ids: list[int]) -> 
     return int(served[names].notna().any(axis=1).sum())
 
 
-def run_daily_batch(settings: Settings, imports: list[Path]) -> None:
-    """The daily batch (imports, if any, then the lake's days) into Feast, its summary shown."""
-    from batch.job import run as run_batch
+def run_daily_batch(settings: Settings, imports: list[Path], log: Path) -> None:
+    """The daily batch (imports, if any, then the lake's days) into Feast, as a process of its
+    own as on EMR (its Spark output goes to `log`); its summary shown."""
+    argv = [sys.executable, "-m", "propensity.cli", "batch"]
+    for path in imports:
+        argv += ["--import", str(path)]
+    with open(log, "ab") as err:
+        done = subprocess.run(argv, env={**os.environ, **settings.to_env()}, stdout=subprocess.PIPE,
+                              stderr=err, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the daily batch failed (exit code {done.returncode}); see {log}")
+    print("      " + done.stdout.strip().replace("\n", "\n      "))
 
-    summary = run_batch(settings, argparse.Namespace(imports=imports, as_of=None, first=None,
-                                                     last=None))
-    print("      " + summary.format().replace("\n", "\n      "))
 
-
-def batch_effect(settings: Settings, url: str, requests: list[dict]) -> str:
+def batch_effect(settings: Settings, url: str, requests: list[dict], log: Path) -> str:
     """The shop's requests for the last active sessions scored before and after the daily
     batch over the day just streamed: what Feast now serves of their users and products, and
     how far their propensities moved."""
     from propensity.live_demo import propensities
 
     before = propensities(url, requests)
-    run_daily_batch(settings, [])
+    run_daily_batch(settings, [], log)
     after = propensities(url, requests)
     users = online_entities(settings, F.USER_VIEW, F.USER_ID, [r[F.USER_ID] for r in requests])
     products = online_entities(settings, F.PRODUCT_VIEW, F.PRODUCT_ID,
@@ -160,7 +166,7 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
     try:
         print("[2/7] history and the daily batch ...")
         if history:
-            run_daily_batch(demo, history)
+            run_daily_batch(demo, history, stack.dir / "demo-batch.log")
         else:
             print("      no --history given: user and product features start empty (the "
                   "bundled sample is the first hours of its shop's data); the batch runs over "
@@ -202,7 +208,8 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
             ok = check_online(demo, file, watch.sent)
             live_demo.stop_stream_job(stream_job)  # caught up: the lake holds every event
             stream_job = None
-            effect = batch_effect(demo, url, watch.recent_requests(MAX_BATCH))
+            effect = batch_effect(demo, url, watch.recent_requests(MAX_BATCH),
+                                  stack.dir / "demo-batch.log")
             print(f"      {effect}")
         print("[7/7] the report ...")
         path = live_demo.report(watch, settings.home / "demo-report", version, watch.sent,

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -55,6 +56,7 @@ class Watch:
     active: collections.OrderedDict = field(default_factory=collections.OrderedDict)
     answers: list[Answer] = field(default_factory=list)
     errors: int = 0
+    data_epoch_s: float = 0.0  # event time reached by the replay
     freshness_p50_s: list[float] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,6 +65,7 @@ class Watch:
             self.sent += len(events)
             self.sent_times.append((time.monotonic(), len(events)))
             for event in events:
+                self.data_epoch_s = max(self.data_epoch_s, event.epoch_s)
                 fields = orjson.loads(event.data)
                 self.active.pop(event.key, None)
                 self.active[event.key] = {"session_id": event.key,
@@ -82,6 +85,11 @@ class Watch:
             recent = sum(n for t, n in self.sent_times if now - t <= window_s)
         return recent / window_s
 
+    def data_time(self) -> str:
+        if not self.data_epoch_s:
+            return "its start"
+        return datetime.fromtimestamp(self.data_epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
     def read_job_log(self, log: Path) -> None:
         text = log.read_text(errors="replace") if log.exists() else ""
         self.freshness_p50_s = [float(m.group(1)) for m in FRESHNESS.finditer(text)]
@@ -98,7 +106,8 @@ class Watch:
             latest[answer.session_id] = answer
         top = sorted(latest.values(), key=lambda a: -a.propensity)[:5]
         lines = [f"--- {elapsed:5.0f} s -----------------------------------------------------",
-                 f"events replayed   {self.sent:>8,}   ({self.events_per_s():,.0f}/s now)",
+                 f"events replayed   {self.sent:>8,}   ({self.events_per_s():,.0f}/s now; "
+                 f"the sample's clock at {self.data_time()})",
                  f"feature freshness {fresh}",
                  f"scorer            {len(self.answers):,} answers, {self.errors} errors, {lat}",
                  "top sessions by propensity:"]
