@@ -228,7 +228,10 @@ def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effe
     by_session: dict[str, list[Answer]] = collections.defaultdict(list)
     for answer in answers:
         by_session[answer.session_id].append(answer)
-    followed = sorted(by_session, key=lambda s: -len(by_session[s]))[:6]
+    # The sessions whose propensity changed most often while the shop watched them: the
+    # most asked-about ones are those of the sample's quiet stretch, whose scores stay flat.
+    followed = sorted(by_session, key=lambda s: (-len({a.propensity for a in by_session[s]}),
+                                                 -len(by_session[s])))[:6]
 
     figure = Figure(figsize=(7, 4))
     axis = figure.add_subplot()
@@ -237,7 +240,7 @@ def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effe
         axis.plot([a.at for a in points], [a.propensity for a in points], ".-",
                   label=session[:8])
     axis.set(xlabel="seconds into the demo", ylabel="propensity",
-             title="propensity over time, the most asked-about sessions")
+             title="propensity over time, the sessions whose score changed most")
     axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(folder / "propensity.png", dpi=100)
