@@ -106,6 +106,23 @@ class Metrics:
                             registry=self.registry)
         self.model_version = Gauge("propensity_model_info", "the loaded model (1)",
                                    ["version"], registry=self.registry)
+        self.gc_pause = Histogram("propensity_gc_pause_seconds",
+                                  "garbage-collector pauses (every request waits them out)",
+                                  ["generation"], buckets=_BUCKETS, registry=self.registry)
+        self._gc_started = 0.0
+
+    def watch_gc(self) -> Callable[[str, dict], None]:
+        """Times every collection of this process (gc.callbacks), by generation; returns the
+        callback, for its removal."""
+        def timed(phase: str, info: dict) -> None:
+            if phase == "start":
+                self._gc_started = time.perf_counter()
+            else:
+                self.gc_pause.labels(str(info["generation"])).observe(
+                    time.perf_counter() - self._gc_started)
+
+        gc.callbacks.append(timed)
+        return timed
 
 
 class ModelHolder:
@@ -271,8 +288,10 @@ def create_app(settings: Settings | None = None) -> Any:
         # collector's sight, so a full collection does not stall requests for tens of ms.
         gc.collect()
         gc.freeze()
+        gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
         yield
+        gc.callbacks.remove(gc_timer)
         poller.cancel()
         await state["reader"].close()
 

@@ -127,6 +127,15 @@ def test_health_ready_and_metrics(served: dict) -> None:
                  "propensity_model_seconds", "propensity_degraded_total",
                  "propensity_errors_total", info):
         assert name in metrics, name
+    # Collections since start-up are timed: after a few hundred requests, the young
+    # generation's have run.
+    with httpx.Client() as client:
+        for key in served["keys"][:300]:
+            client.post(f"{url}/v1/propensity", json=key)
+    metrics = httpx.get(f"{url}/metrics").text
+    collections = [line for line in metrics.splitlines()
+                   if line.startswith('propensity_gc_pause_seconds_count{generation="0"}')]
+    assert collections and float(collections[0].split()[-1]) > 0, collections
 
 
 def test_an_api_key_when_configured(served: dict) -> None:

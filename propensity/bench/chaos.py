@@ -13,7 +13,8 @@
   share of GetRecords, PutRecords, GetShardIterator and ListShards calls as Kinesis does:
   nothing lost or doubled.
 - scorer-overload: twice the scorer's sustainable rate: load shed with 429, the answered
-  requests' latency bounded, then normal latency again at a normal rate.
+  requests' p99 within the budget, then at a normal rate every request answered with the
+  median back to normal.
 - soak: the streaming job and the scorer at a moderate rate of generated traffic (the real
   sample's shape, event times = now) for 10 minutes: their memory sampled every 5 s must not
   grow once settled; nothing lost; every request answered. With --short it runs one minute,
@@ -285,8 +286,18 @@ def scorer_requests_over(url: str, budget_ms: float) -> int:
     return int(total - within)
 
 
+# Recovered: every request answered (no 429 left) and the median back under this. A queue
+# left by the overload raises every request's latency, the median included (under overload
+# it is 12-13 ms); a p99 of a 3-second window moves with a single stall of the shared machine
+# (one of 19 ms failed a "p99 under 10 ms" line in CI while the median was normal).
+RECOVERED_P50_MS = 5.0
+
+
 def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: float,
                     seconds: float) -> Outcome:
+    """Twice the sustainable rate over 256 connections: the excess shed with 429, the
+    answered requests' p99 within the budget; then half the sustainable rate: every request
+    answered, the median back to normal, the p99 within the budget."""
     load_session_features(settings, file)
     bodies = folder / "bodies.jsonl"
     bodies.write_text("\n".join(json.dumps({"session_id": r["session_id"]})
@@ -295,12 +306,17 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
         over = run_as_process(f"{url}/v1/propensity", bodies, 2 * sustainable, seconds, 256)
         after = run_as_process(f"{url}/v1/propensity", bodies, sustainable / 2, seconds / 2)
     other_errors = {k: v for k, v in over["errors"].items() if k != "429"}
-    return Outcome("scorer-overload", not other_errors and not after["errors"]
-                   and over["p99_ms"] < LATENCY_BUDGET_MS and after["p99_ms"] < 10,
+    recovered = (not after["errors"] and after["p50_ms"] < RECOVERED_P50_MS
+                 and after["p99_ms"] < LATENCY_BUDGET_MS)
+    then = f"then at {sustainable / 2:.0f}/s"
+    return Outcome("scorer-overload", not other_errors and over["p99_ms"] < LATENCY_BUDGET_MS
+                   and recovered,
                    {"offered/s": 2 * sustainable, "answered/s": round(over["achieved_rps"]),
                     "shed (429)": over["errors"].get("429", 0), "other errors": other_errors,
-                    "p99 ms": round(over["p99_ms"], 1),
-                    f"then at {sustainable / 2:.0f}/s p99 ms": round(after["p99_ms"], 2)})
+                    "p50 ms": round(over["p50_ms"], 1), "p99 ms": round(over["p99_ms"], 1),
+                    f"{then} errors": sum(after["errors"].values()),
+                    f"{then} p50 ms": round(after["p50_ms"], 2),
+                    f"{then} p99 ms": round(after["p99_ms"], 2)})
 
 
 # The soak's Spark sessions close after 2 minutes of inactivity (the minimum is 1 minute),
