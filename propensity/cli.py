@@ -17,6 +17,7 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
+from propensity.bench import CHAOS_SCENARIOS
 from propensity.settings import Settings
 
 SAMPLE = Path(__file__).parent / "data" / "multicat-2019-10-01-head.csv.gz"
@@ -215,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="the quick form (CI): fewer kills, shorter loads")
     bench_chaos.add_argument("--file", type=Path, default=SAMPLE,
                              help="REES46 file replayed and served (default: the sample)")
+    bench_chaos.add_argument("--only", action="append", choices=CHAOS_SCENARIOS, metavar="SCENARIO",
+                             help="run only this scenario (repeatable): "
+                                  + ", ".join(CHAOS_SCENARIOS))
     bench_chaos.set_defaults(handler=_bench_chaos)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
@@ -496,7 +500,7 @@ def _bench_serve(args: argparse.Namespace) -> int:
 def _bench_chaos(args: argparse.Namespace) -> int:
     from propensity.bench.chaos import run_chaos, verdict
 
-    outcomes = run_chaos(Settings(), args.file, args.short)
+    outcomes = run_chaos(Settings(), args.file, args.short, tuple(args.only or CHAOS_SCENARIOS))
     print(verdict(outcomes))
     return 0 if all(o.passed for o in outcomes) else 1
 

@@ -118,7 +118,8 @@ def start(settings: Settings, options: StreamOptions, spark: SparkSession
 
 def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
     """Run the job until it stops (until idle, or forever)."""
-    spark = spark or spark_session("propensity-stream", settings.spark_master)
+    spark = spark or spark_session("propensity-stream", settings.spark_master,
+                                   long_running=True)
     query, listener = start(settings, options, spark)
     try:
         query.awaitTermination()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from propensity.bench.chaos import run_chaos
+import pytest
+
+from propensity.bench.chaos import live_heap_floors, run_chaos
 from propensity.settings import Settings
 from tests.conftest import SAMPLE
 
@@ -30,3 +32,19 @@ def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
     assert outcomes[4].figures["shed (429)"] > 0
     soak = outcomes[5].figures
     assert soak["lost"] == 0 and soak["errors"] == 0 and soak["memory judged"] is False
+    # The JVM's live heap was measured with the JDK's jcmd (full collections).
+    assert soak["job live heap MB"].count(",") == 6
+
+def test_an_unknown_scenario_is_refused_before_any_stack_starts(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown chaos scenarios \['stream-kil'\]"):
+        run_chaos(Settings(PROPENSITY_HOME=tmp_path), SAMPLE, short=True,
+                  only=("stream-kil",))
+    assert not (tmp_path / "chaos").exists()
+
+
+def test_the_live_heap_is_judged_by_its_floor_in_each_window() -> None:
+    probes = [(0.40, 120.0), (0.45, 96.0), (0.50, 179.0), (0.55, 101.0),
+              (0.85, 148.0), (0.90, 99.0), (0.95, 130.0)]
+    assert live_heap_floors(probes) == (96.0, 99.0)
+    assert live_heap_floors([*probes[:6], (0.95, None)]) is None  # no jcmd: not judged
+    assert live_heap_floors(probes[:4]) is None
