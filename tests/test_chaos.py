@@ -35,6 +35,7 @@ def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
     # The JVM's live heap was measured with the JDK's jcmd (full collections).
     assert soak["job live heap MB"].count(",") == 6
 
+
 def test_an_unknown_scenario_is_refused_before_any_stack_starts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown chaos scenarios \['stream-kil'\]"):
         run_chaos(Settings(PROPENSITY_HOME=tmp_path), SAMPLE, short=True,

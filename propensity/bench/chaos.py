@@ -328,6 +328,10 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: f
 SOAK_SESSION_TIMEOUT_S = 120
 # Largest growth of settled memory (middle of the run to its end) that passes.
 SOAK_MAX_GROWTH_PCT = 5.0
+# The soak's memory is settled over this window of the run (past start-up and the first
+# sessions' expiry) and judged against the run from FINAL_FROM on.
+SETTLED_WINDOW = (0.40, 0.55)
+FINAL_FROM = 0.85
 MEMORY_EVERY_S = 5.0
 
 
@@ -335,32 +339,38 @@ MEMORY_EVERY_S = 5.0
 class MemoryTrace:
     """Proportional set size (MB) of the scorer and of the job's process tree (driver, JVM,
     Python workers: PSS shares pages between the forks fairly), every MEMORY_EVERY_S; the
-    job's also by part (JOB_PARTS), to tell which one moved."""
+    job's also by part (JOB_PARTS) with its number of Python workers, to tell which moved."""
     seconds: list[float] = field(default_factory=list)
     scorer_mb: list[float] = field(default_factory=list)
-    job_mb: list[float] = field(default_factory=list)
     job_parts_mb: list[dict[str, float]] = field(default_factory=list)
+    job_workers: list[int] = field(default_factory=list)
 
     def sample(self, at_s: float, scorer: psutil.Process, job: psutil.Process) -> None:
         self.seconds.append(at_s)
         self.scorer_mb.append(_pss_mb([scorer]))
-        parts = {part: 0.0 for part in JOB_PARTS}
+        parts = dict.fromkeys(JOB_PARTS, 0.0)
+        workers = 0
         for process in [job, *job.children(recursive=True)]:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                parts[_job_part(process)] += _pss_mb([process])
-                if _job_part(process) == "python workers":
-                    parts["worker processes"] += 1
+                part = _job_part(process)
+                parts[part] += _pss_mb([process])
+                workers += part == "python workers"
         self.job_parts_mb.append(parts)
-        self.job_mb.append(sum(mb for part, mb in parts.items() if part != "worker processes"))
+        self.job_workers.append(workers)
+
+    @property
+    def job_mb(self) -> list[float]:
+        return [sum(parts.values()) for parts in self.job_parts_mb]
 
     @staticmethod
     def growth(values: list[float], hidden_mb: float = 0.0) -> tuple[float, float]:
-        """(settled MB, growth %): the median over the middle of the run (40-55%: past
-        start-up and the first sessions' expiry) against the median of its last 15%, plus
-        `hidden_mb` of growth the trace cannot see (inside the JVM's fixed heap)."""
+        """(settled MB, growth %): the median over SETTLED_WINDOW against the median from
+        FINAL_FROM on, plus `hidden_mb` of growth the trace cannot see (inside the JVM's
+        fixed heap)."""
         n = len(values)
-        settled = statistics.median(values[int(0.40 * n):max(int(0.55 * n), int(0.40 * n) + 1)])
-        final = statistics.median(values[int(0.85 * n):])
+        start, end = int(SETTLED_WINDOW[0] * n), int(SETTLED_WINDOW[1] * n)
+        settled = statistics.median(values[start:max(end, start + 1)])
+        final = statistics.median(values[int(FINAL_FROM * n):])
         return settled, 100 * (final - settled + hidden_mb) / settled
 
     def slope_mb_per_min(self, values: list[float]) -> float:
@@ -384,9 +394,9 @@ def _pss_mb(processes: list[psutil.Process]) -> float:
     return total / 2**20
 
 
-JOB_PARTS = ("driver", "jvm", "python workers", "worker processes")
+JOB_PARTS = ("driver", "jvm", "python workers")
 # When the soak measures the JVM's live heap (a full collection each), as fractions of the run:
-# four times in the window where memory is taken as settled, three in the final one.
+# four times in SETTLED_WINDOW, three from FINAL_FROM on.
 LIVE_HEAP_AT = (0.40, 0.45, 0.50, 0.55, 0.85, 0.90, 0.95)
 
 
@@ -549,13 +559,13 @@ def _probe_live_heap(pid: int, seconds: float, out: list[tuple[float, float | No
 
 def live_heap_floors(probes: list[tuple[float, float | None]]) -> tuple[float, float] | None:
     """The least live heap (MB) of the probes (fraction of the run, MB) in the settled window
-    and in the final one (from 85%): what the heap keeps whatever batch is in flight (single
+    and in the final one (from FINAL_FROM): what the heap keeps whatever batch is in flight (single
     probes swung 96 -> 179 -> 148 MB with the batch each caught). None when a probe is
     missing (no jcmd)."""
     if not probes or any(mb is None for _, mb in probes):
         return None
-    settled = [mb for at, mb in probes if at < 0.85]
-    final = [mb for at, mb in probes if at >= 0.85]
+    settled = [mb for at, mb in probes if at < FINAL_FROM]
+    final = [mb for at, mb in probes if at >= FINAL_FROM]
     return (min(settled), min(final)) if settled and final else None
 
 
@@ -579,15 +589,15 @@ def _lake_count_when_caught_up(settings: Settings, sent: int, timeout_s: float =
 
 
 def _write_trace(trace: MemoryTrace, path: Path) -> None:
-    parts = [part.replace(" ", "_") for part in JOB_PARTS]
     header = ",".join(["seconds", "scorer_pss_mb", "job_pss_mb",
-                       *(f"job_{part}{'' if part == 'worker_processes' else '_pss_mb'}"
-                         for part in parts)])
-    rows = zip(trace.seconds, trace.scorer_mb, trace.job_mb, trace.job_parts_mb, strict=True)
+                       *(f"job_{part.replace(' ', '_')}_pss_mb" for part in JOB_PARTS),
+                       "job_worker_processes"])
+    rows = zip(trace.seconds, trace.scorer_mb, trace.job_mb, trace.job_parts_mb,
+               trace.job_workers, strict=True)
     path.write_text(header + "\n" + "".join(
         ",".join([f"{t:.1f}", f"{a:.1f}", f"{b:.1f}",
-                  *(f"{by_part[part]:.1f}" for part in JOB_PARTS)]) + "\n"
-        for t, a, b, by_part in rows))
+                  *(f"{by_part[part]:.1f}" for part in JOB_PARTS), str(workers)]) + "\n"
+        for t, a, b, by_part, workers in rows))
 
 
 def run_chaos(settings: Settings, file: Path, short: bool,
