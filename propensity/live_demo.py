@@ -75,9 +75,13 @@ class Watch:
                 self.active.popitem(last=False)
 
     def recent_requests(self, n: int) -> list[dict]:
-        """The scoring requests of the `n` sessions active most recently."""
+        """The scoring requests of the `n` sessions active most recently, scored at the
+        sample's clock: the replayed events keep their recorded times, so the request-time
+        features (seconds since the product's last view, days since the last purchase) are
+        measured on the same clock as the events, as they are in a live shop."""
         with self.lock:
-            return list(self.active.values())[-n:]
+            as_of = {"as_of": self.data_epoch_s} if self.data_epoch_s else {}
+            return [{**request, **as_of} for request in list(self.active.values())[-n:]]
 
     def events_per_s(self, window_s: float = 5.0) -> float:
         now = time.monotonic()

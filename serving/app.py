@@ -30,7 +30,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from propensity import model_store
 from propensity.model import PropensityModel
@@ -56,6 +56,11 @@ class PropensityRequest(BaseModel):
     user_id: int | None = Field(None, ge=0, lt=2**63, description="the shopper, when known")
     product_id: int | None = Field(None, ge=0, lt=2**63, description="the product on the page")
     explain: bool = Field(False, description="add the top feature contributions")
+    as_of: AwareDatetime | None = Field(
+        None, description="the moment to score at (epoch seconds or ISO time with zone; "
+        "default: now), for replays whose events keep their recorded times: it sets the clock "
+        "of the request-time features and of feature_age_seconds, while the features are the "
+        "store's latest")
 
 
 class BatchRequest(BaseModel):
@@ -76,7 +81,8 @@ class PropensityResponse(BaseModel):
     model_version: str
     degraded: bool = Field(description="the online store did not answer in time")
     feature_age_seconds: float | None = Field(
-        description="age of the freshest session feature (None: unknown session)")
+        description="age of the freshest session feature at the moment scored (None: "
+        "unknown session)")
     explanation: list[Contribution] | None = None
 
 
@@ -331,7 +337,7 @@ def create_app(settings: Settings | None = None) -> Any:
                                       for r in requests])
         started = time.perf_counter()
         now = datetime.now(UTC)
-        results = [answer(model, r, f, degraded, now)
+        results = [answer(model, r, f, degraded, r.as_of or now)
                    for r, f in zip(requests, found, strict=True)]
         metrics.model.observe(time.perf_counter() - started)
         return results

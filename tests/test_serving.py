@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import hypothesis
@@ -74,6 +74,22 @@ def test_scores_a_known_session_with_its_features(served: dict) -> None:
     assert body["propensity"] == pytest.approx(scoring.score(model, values)[0], abs=1e-9)
 
 
+def test_as_of_sets_the_clock_of_the_request_time_features(served: dict) -> None:
+    """A replay's events keep their recorded times: scored `as_of` a moment on their clock,
+    the request-time features and the feature age are measured from it."""
+    key = served["keys"][10]
+    settings, model = served["settings"], served["model"]
+    (found,) = asyncio.run(FeastFeatures(settings).read([Entities(**key)]))
+    as_of = found.session_updated_at() + timedelta(seconds=30)
+    body = post(served["url"], "/v1/propensity", {**key, "as_of": as_of.isoformat()}).json()
+    assert body["feature_age_seconds"] == pytest.approx(30, abs=1e-3)
+    values = scoring.model_values(found.values, as_of)
+    assert body["propensity"] == pytest.approx(scoring.score(model, values)[0], abs=1e-9)
+    as_epoch = post(served["url"], "/v1/propensity",
+                    {**key, "as_of": as_of.timestamp()}).json()
+    assert as_epoch["propensity"] == body["propensity"]
+
+
 def test_an_unknown_session_is_scored_as_new_not_an_error(served: dict) -> None:
     response = post(served["url"], "/v1/propensity", {"session_id": "never-seen"})
     assert response.status_code == 200
@@ -101,6 +117,8 @@ def test_the_batch_endpoint_answers_in_order_up_to_100(served: dict) -> None:
     ({"session_id": "s", "product_id": -1}, "product_id"),
     ({"session_id": "s", "colour": "red"}, "colour"),
     ({"session_id": "x" * 129}, "session_id"),
+    ({"session_id": "s", "as_of": "2019-11-01T10:00:00"}, "as_of"),  # no time zone
+    ({"session_id": "s", "as_of": "yesterday"}, "as_of"),
 ])
 def test_bad_input_gets_422_naming_the_field(served: dict, body: dict, field: str) -> None:
     response = post(served["url"], "/v1/propensity", body)
