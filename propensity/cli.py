@@ -17,6 +17,7 @@ from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
+from propensity import extra_providing
 from propensity.bench import CHAOS_SCENARIOS
 from propensity.settings import Settings
 
@@ -32,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        extra = extra_providing(exc.name)
+        if extra is None:
+            raise
+        print(f"propensity: error: this command needs the `{extra}` extra ({exc}): "
+              f"pip install 'propensity[{extra}]'", file=sys.stderr)
+        return 2
     except Exception as exc:
         if not isinstance(exc, _expected_errors()):
             raise

@@ -9,6 +9,7 @@ stops exactly the processes `up` started, even if the OS has reused a pid since.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import os
 import shutil
@@ -73,6 +74,8 @@ class LocalStack:
 
     def up(self) -> Settings:
         """Start whatever is not running, provision, and return the settings for this stack."""
+        if importlib.util.find_spec("moto") is None:  # before anything starts, not in a log
+            raise ModuleNotFoundError("No module named 'moto'", name="moto")
         with self._locked():
             services = self._load()
             for name, start in (("redis", self._start_redis), ("moto", self._start_moto)):

@@ -198,12 +198,14 @@ def running_http_server(name: str, argv: list[str], settings: Settings, port: in
             process.wait()
 
 
-def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
+def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
+                   python: str | Path = sys.executable
                    ) -> contextlib.AbstractContextManager[str]:
-    """`propensity serve` on 127.0.0.1 with these settings, for a block (its base URL)."""
+    """`propensity serve` on 127.0.0.1 with these settings, for a block (its base URL);
+    `python`: the interpreter of another install to serve from (the scorer image's, say)."""
     port = port or free_port()
     return running_http_server(
-        "the scorer", [sys.executable, "-m", "propensity.cli", "serve", "--port", str(port),
+        "the scorer", [str(python), "-m", "propensity.cli", "serve", "--port", str(port),
                        "--workers", str(workers)], settings, port)
 
 

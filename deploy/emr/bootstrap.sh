@@ -1,7 +1,8 @@
 #!/bin/bash
 # EMR bootstrap action (every node of the streaming and batch clusters; terraform/emr.tf):
-# Python 3.11, the propensity wheel with every dependency pinned by constraints.txt, the step
-# wrapper, and the Redis connection string from Secrets Manager for the step's user only.
+# Python 3.11, the propensity wheel with its jobs extra (every dependency pinned by
+# constraints.txt), the step wrapper, and the Redis connection string from Secrets Manager for
+# the step's user only.
 # Arguments: <artifacts s3 uri> <redis secret arn> <region>
 set -euo pipefail
 artifacts="$1" secret_arn="$2" region="$3"
@@ -9,7 +10,9 @@ artifacts="$1" secret_arn="$2" region="$3"
 sudo dnf install -y -q python3.11 python3.11-pip
 work=$(mktemp -d)
 aws s3 cp --recursive --quiet "$artifacts/" "$work/"
-sudo python3.11 -m pip install -q -c "$work/constraints.txt" "$work"/propensity-*.whl
+wheel=$(echo "$work"/propensity-*.whl)
+# With the jobs extra (Spark, training); the bare wheel is the scorer's.
+sudo python3.11 -m pip install -q -c "$work/constraints.txt" "${wheel}[jobs]"
 
 sudo install -d -m 755 /usr/local/propensity
 sudo install -m 755 "$work/run-step.sh" /usr/local/propensity/run-step.sh
