@@ -171,14 +171,15 @@ def propensities(url: str, requests: list[dict]) -> list[float]:
     return [result["propensity"] for result in response.json()["results"]]
 
 
-def start_stream_job(settings: Settings, log: Path, trigger_s: float = 1.0,
-                     starting_position: str = "TRIM_HORIZON") -> subprocess.Popen:
-    """`propensity stream` (continuous) in a process group of its own; its output goes to
-    `log` (overwritten)."""
-    with open(log, "wb") as out:
+def start_stream_job(settings: Settings, log: Path, *options: str, trigger_s: float = 1.0,
+                     starting_position: str = "TRIM_HORIZON", append: bool = False
+                     ) -> subprocess.Popen:
+    """`propensity stream` (continuous, unless `options` say `--until-idle`) in a process
+    group of its own; its output goes to `log` (overwritten, or appended to for a restart)."""
+    with open(log, "ab" if append else "wb") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "propensity.cli", "stream", "--trigger", str(trigger_s),
-             "--starting-position", starting_position],
+             "--starting-position", starting_position, *options],
             env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"},
             stdout=out, stderr=out, start_new_session=True)
 

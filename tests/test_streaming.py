@@ -6,8 +6,6 @@ import gzip
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from batch.lake import list_objects
 from propensity import aws, events
 from propensity import features as F
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.live_demo import start_stream_job
 from propensity.replay import ReplaySummary, replay
 from propensity.settings import Settings
 from propensity.spark import spark_session
@@ -204,14 +203,6 @@ def _state_rows(spark: SparkSession, settings: Settings) -> int:
             .load(settings.checkpoint_dir).count())
 
 
-def _stream_process(settings: Settings, log: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
-    with open(log, "ab") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "propensity"), "stream",
-                                 *args], env=env, stdout=out, stderr=out,
-                                start_new_session=True)
-
-
 def _batches(settings: Settings) -> tuple[int, int]:
     """(planned, committed) micro-batches in the checkpoint."""
     checkpoint = Path(settings.checkpoint_dir)
@@ -223,7 +214,7 @@ def _batches(settings: Settings) -> tuple[int, int]:
 def test_sigkill_mid_replay_then_restart_counts_every_event_once(pipeline: Settings,
                                                                  tmp_path: Path) -> None:
     log = tmp_path / "stream.log"
-    job = _stream_process(pipeline, log, "--trigger", "0.5", "--max-records-per-batch", "40")
+    job = start_stream_job(pipeline, log, "--max-records-per-batch", "40", trigger_s=0.5)
     # The replay starts once the query runs (its checkpoint metadata exists), however long
     # Spark takes to start on a busy machine: 4.7 hours of real events at 700x, about 25 s.
     wait_for(lambda: (Path(pipeline.checkpoint_dir) / "metadata").exists(), timeout_s=180)
@@ -242,7 +233,7 @@ def test_sigkill_mid_replay_then_restart_counts_every_event_once(pipeline: Setti
             os.killpg(job.pid, signal.SIGKILL)
     killed_at = _batches(pipeline)
     replaying.join()
-    restarted = _stream_process(pipeline, log, "--until-idle")
+    restarted = start_stream_job(pipeline, log, "--until-idle", append=True)
     assert restarted.wait(300) == 0, log.read_text()[-3000:]
     assert _batches(pipeline)[1] > killed_at[1]
 

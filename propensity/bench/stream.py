@@ -79,7 +79,7 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
         _remove(folder)
     log = stack.home / "stream.log"
     result.job_log = str(log)
-    job = start_stream_job(settings, log, trigger_s, starting_position="LATEST")
+    job = start_stream_job(settings, log, trigger_s=trigger_s, starting_position="LATEST")
     try:
         wait_for_first_batch(job, log)
         samples = multiprocessing.get_context("spawn").Queue()
