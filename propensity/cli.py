@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 import time
@@ -103,13 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_stack_provision)
 
     replay = commands.add_parser("replay", help="send a REES46 CSV file to Kinesis")
-    replay.add_argument("file", type=Path, help="REES46 CSV, plain or .gz")
+    replay.add_argument("file", type=_input_file, help="REES46 CSV, plain or .gz")
     pace = replay.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=1.0,
+    pace.add_argument("--speed", type=_POSITIVE, default=1.0,
                       help="original timing divided by N (default 1: real time)")
     pace.add_argument("--max", action="store_true", help="as fast as Kinesis accepts")
-    replay.add_argument("--limit", type=int, help="only the first K rows")
-    replay.add_argument("--events-per-record", type=int, default=1, metavar="K",
+    replay.add_argument("--limit", type=_POSITIVE_INT, help="only the first K rows")
+    replay.add_argument("--events-per-record", type=_POSITIVE_INT, default=1, metavar="K",
                         help="pack up to K events per Kinesis record (newline-delimited JSON)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -119,11 +120,11 @@ def _parser() -> argparse.ArgumentParser:
         "stream", help="the streaming job: Kinesis -> session features in Redis and S3")
     stream.add_argument("--until-idle", action="store_true",
                         help="process everything available, then exit")
-    stream.add_argument("--trigger", type=float, default=2.0, metavar="SECONDS",
+    stream.add_argument("--trigger", type=_NON_NEGATIVE, default=2.0, metavar="SECONDS",
                         help="micro-batch interval when running continuously (default 2)")
     stream.add_argument("--starting-position", choices=["TRIM_HORIZON", "LATEST"],
                         default="TRIM_HORIZON", help="where a new checkpoint starts reading")
-    stream.add_argument("--max-records-per-batch", type=int, default=0, metavar="N",
+    stream.add_argument("--max-records-per-batch", type=_NON_NEGATIVE_INT, default=0, metavar="N",
                         help="cap Kinesis records per micro-batch (default: all available)")
     stream.add_argument("--verbose", action="store_true",
                         help="also log Spark's per-batch durations and state metrics")
@@ -137,12 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     dataset = commands.add_parser(
         "dataset", help="a point-in-time training set: points, labels, features through Feast")
     source = dataset.add_mutually_exclusive_group(required=True)
-    source.add_argument("--events", type=Path, metavar="FILE",
+    source.add_argument("--events", type=_input_file, metavar="FILE",
                         help="REES46 file whose events are the points (imported and batched "
                              "with --history first)")
     source.add_argument("--lake", action="store_true",
                         help="points from the streamed sessions in the lake")
-    dataset.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+    dataset.add_argument("--history", type=_input_file, action="append", default=[], metavar="FILE",
                          help="earlier REES46 file for the user and product features "
                               "(repeatable; with --events)")
     dataset.add_argument("--out", type=Path, required=True, help="Parquet file to write")
@@ -152,13 +153,13 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="train, evaluate, check and register a model (point-in-time sets)")
     source = train.add_mutually_exclusive_group(required=True)
-    source.add_argument("--train", dest="train_file", type=Path, metavar="FILE",
+    source.add_argument("--train", dest="train_file", type=_input_file, metavar="FILE",
                         help="REES46 file whose sessions the model learns from (with --valid)")
     source.add_argument("--lake", action="store_true",
                         help="streamed sessions in the lake (with --train-days, --valid-days)")
-    train.add_argument("--valid", dest="valid_file", type=Path, metavar="FILE",
+    train.add_argument("--valid", dest="valid_file", type=_input_file, metavar="FILE",
                        help="later REES46 file for early stopping, calibration and metrics")
-    train.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+    train.add_argument("--history", type=_input_file, action="append", default=[], metavar="FILE",
                        help="earlier REES46 file for user and product features (repeatable)")
     train.add_argument("--train-days", type=_day_range, metavar="FROM:TO",
                        help="with --lake: days to learn from, e.g. 2019-10-01:2019-10-31")
@@ -173,8 +174,9 @@ def _parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate", help="score a REES46 file's prediction points with a stored model")
-    evaluate.add_argument("--events", type=Path, required=True, metavar="FILE")
-    evaluate.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+    evaluate.add_argument("--events", type=_input_file, required=True, metavar="FILE")
+    evaluate.add_argument("--history", type=_input_file, action="append", default=[],
+                          metavar="FILE",
                           help="earlier REES46 file for user and product features (repeatable)")
     evaluate.add_argument("--model", metavar="VERSION", help="stored version (default: latest)")
     evaluate.add_argument("--predictions-out", type=Path, required=True, metavar="PATH",
@@ -195,8 +197,8 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="the scorer: FastAPI on uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1,
+    serve.add_argument("--port", type=_PORT, default=8000)
+    serve.add_argument("--workers", type=_POSITIVE_INT, default=1,
                        help="processes (each loads the model and reads Redis itself)")
     serve.set_defaults(handler=_serve)
 
@@ -204,32 +206,32 @@ def _parser() -> argparse.ArgumentParser:
     benches = bench.add_subparsers(required=True, metavar="WHAT")
     bench_stream = benches.add_parser(
         "stream", help="the streaming job's sustained events/s and freshness")
-    bench_stream.add_argument("--rate", type=float, default=2000, help="events/s offered")
-    bench_stream.add_argument("--duration", type=float, default=60, metavar="SECONDS")
-    bench_stream.add_argument("--events-per-record", type=int, default=10, metavar="K")
-    bench_stream.add_argument("--trigger", type=float, default=1.0, metavar="SECONDS")
-    bench_stream.add_argument("--warmup", type=float, default=15, metavar="SECONDS",
+    bench_stream.add_argument("--rate", type=_POSITIVE, default=2000, help="events/s offered")
+    bench_stream.add_argument("--duration", type=_POSITIVE, default=60, metavar="SECONDS")
+    bench_stream.add_argument("--events-per-record", type=_POSITIVE_INT, default=10, metavar="K")
+    bench_stream.add_argument("--trigger", type=_NON_NEGATIVE, default=1.0, metavar="SECONDS")
+    bench_stream.add_argument("--warmup", type=_NON_NEGATIVE, default=15, metavar="SECONDS",
                               help="leave events sent in the first SECONDS out of freshness")
-    bench_stream.add_argument("--shape", type=Path, default=SAMPLE,
+    bench_stream.add_argument("--shape", type=_input_file, default=SAMPLE,
                               help="REES46 file whose sessions the traffic resamples")
     bench_stream.set_defaults(handler=_bench_stream)
 
     bench_batch = benches.add_parser(
         "batch", help="the daily batch and training-set build on generated events")
-    bench_batch.add_argument("--events", type=int, default=1_000_000, metavar="N",
+    bench_batch.add_argument("--events", type=_POSITIVE_INT, default=1_000_000, metavar="N",
                              help="generated events in all (default 1,000,000)")
-    bench_batch.add_argument("--days", type=int, default=30, help="days they span")
-    bench_batch.add_argument("--shape", type=Path, default=SAMPLE,
+    bench_batch.add_argument("--days", type=_POSITIVE_INT, default=30, help="days they span")
+    bench_batch.add_argument("--shape", type=_input_file, default=SAMPLE,
                              help="REES46 file whose sessions the events resample")
     bench_batch.set_defaults(handler=_bench_batch)
 
     bench_serve = benches.add_parser(
         "serve", help="the scorer under load, then `feast serve` under the same load")
-    bench_serve.add_argument("--rps", type=float, action="append", metavar="R",
+    bench_serve.add_argument("--rps", type=_POSITIVE, action="append", metavar="R",
                              help="offered requests/s (repeatable; default 2000)")
-    bench_serve.add_argument("--duration", type=float, default=30, metavar="SECONDS")
-    bench_serve.add_argument("--workers", type=int, default=1, help="scorer processes")
-    bench_serve.add_argument("--shape", type=Path, default=SAMPLE,
+    bench_serve.add_argument("--duration", type=_POSITIVE, default=30, metavar="SECONDS")
+    bench_serve.add_argument("--workers", type=_POSITIVE_INT, default=1, help="scorer processes")
+    bench_serve.add_argument("--shape", type=_input_file, default=SAMPLE,
                              help="REES46 file whose sessions are written to Redis and asked for")
     bench_serve.set_defaults(handler=_bench_serve)
 
@@ -238,7 +240,7 @@ def _parser() -> argparse.ArgumentParser:
         "scorer, Kinesis throttling, scorer overload, a soak")
     bench_chaos.add_argument("--short", action="store_true",
                              help="the quick form (CI): fewer kills, shorter loads")
-    bench_chaos.add_argument("--file", type=Path, default=SAMPLE,
+    bench_chaos.add_argument("--file", type=_input_file, default=SAMPLE,
                              help="REES46 file replayed and served (default: the sample)")
     bench_chaos.add_argument("--only", action="append", choices=CHAOS_SCENARIOS, metavar="SCENARIO",
                              help="run only this scenario (repeatable): "
@@ -246,13 +248,13 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.set_defaults(handler=_bench_chaos)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
-    demo.add_argument("--file", type=Path, default=SAMPLE, help="REES46 CSV to replay")
-    demo.add_argument("--speed", type=float, default=80.0,
+    demo.add_argument("--file", type=_input_file, default=SAMPLE, help="REES46 CSV to replay")
+    demo.add_argument("--speed", type=_POSITIVE, default=80.0,
                       help="replay at N times the original pace (default 80: the sample's "
                            "3 hours in about 2 minutes)")
-    demo.add_argument("--duration", type=float, default=150.0, metavar="SECONDS",
+    demo.add_argument("--duration", type=_POSITIVE, default=150.0, metavar="SECONDS",
                       help="stop the replay after this long (default 150)")
-    demo.add_argument("--history", type=Path, action="append", default=[], metavar="FILE",
+    demo.add_argument("--history", type=_input_file, action="append", default=[], metavar="FILE",
                       help="earlier REES46 file to import and batch first (repeatable)")
     demo.add_argument("--keep-running", action="store_true",
                       help="leave the demo's stack running at the end")
@@ -268,7 +270,7 @@ def _batch_arguments(parser: argparse.ArgumentParser) -> None:
                       help="first day of a backfill range (with --to)")
     parser.add_argument("--to", dest="last", type=date.fromisoformat, metavar="DATE",
                         help="last day of a backfill range")
-    parser.add_argument("--import", dest="imports", action="append", type=Path, default=[],
+    parser.add_argument("--import", dest="imports", action="append", type=_input_file, default=[],
                         metavar="FILE", help="REES46 file to load into the lake first "
                         "(repeatable); without dates, the run covers the imported days")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -295,11 +297,39 @@ def _dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def _require_files(*paths: Path | None) -> None:
-    """Input files must exist before any work starts (None: an option not given)."""
-    for path in paths:
-        if path is not None and not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
+def _input_file(text: str) -> Path:
+    """An input file, checked when the command line is read: before any work starts."""
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {path}")
+    return path
+
+
+def _number(kind: type[int] | type[float], least: float, inclusive: bool = True,
+            most: float | None = None) -> Callable[[str], int | float]:
+    """An argparse type: a number of `kind` from `least` (inclusive or not) up to `most`."""
+    bound = f">= {least:g}" if inclusive else f"> {least:g}"
+    wanted = f"{'an integer' if kind is int else 'a number'} {bound}" + (
+        f" and <= {most:g}" if most is not None else "")
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {wanted}: {text!r}") from None
+        if not math.isfinite(value) or value < least or (value == least and not inclusive) or (
+                most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"not {wanted}: {text!r}")
+        return value
+
+    return parse
+
+
+_POSITIVE = _number(float, 0, inclusive=False)
+_POSITIVE_INT = _number(int, 1)
+_NON_NEGATIVE = _number(float, 0)
+_NON_NEGATIVE_INT = _number(int, 0)
+_PORT = _number(int, 1, most=65535)
 
 
 def _day_range(text: str) -> tuple[date, date]:
@@ -318,7 +348,6 @@ def _train(args: argparse.Namespace) -> int:
             raise UsageError("--lake needs --train-days and --valid-days, and no --history")
     elif not args.valid_file or args.train_days or args.valid_days:
         raise UsageError("--train FILE needs --valid FILE (the days are for --lake)")
-    _require_files(args.train_file, args.valid_file, *args.history)
     _log_to_stderr()
     settings = Settings()
     data = (lake_data(settings, args.train_days, args.valid_days) if args.lake else
@@ -333,7 +362,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     _log_to_stderr()
-    _require_files(args.events, *args.history)
     result = evaluate(Settings(), args.events, args.history, args.model, args.predictions_out)
     if not args.json:
         m = result["metrics"] or {}
@@ -453,7 +481,6 @@ def _replay(args: argparse.Namespace) -> int:
     from propensity.kinesis import KinesisWriter, ShardMap, list_shards
     from propensity.replay import replay
 
-    _require_files(args.file)  # before any client or progress bar
     settings = Settings()
     kinesis = aws.client("kinesis", settings)
     summary = replay(

@@ -84,7 +84,9 @@ def test_errors_a_user_can_act_on_are_one_line(tmp_path: Path) -> None:
     done = subprocess.run([BIN / "propensity", "replay", str(tmp_path / "missing.csv"), "--max"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert done.stderr.startswith("propensity: error:") and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"propensity replay: error: argument file: no such file: {tmp_path / 'missing.csv'}")
+    assert "Traceback" not in done.stderr
     done = subprocess.run([BIN / "propensity", "stack", "status"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 1 and "not up" in done.stdout
