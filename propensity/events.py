@@ -23,13 +23,16 @@ repeated rows of the raw data (and any redelivery) share one identity.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -191,10 +194,73 @@ def split_record(data: bytes) -> list[bytes]:
     return [line for line in data.split(b"\n") if line.strip()]
 
 
+class _WholeUtf8Lines(io.RawIOBase):
+    """A file's decompressed bytes as whole lines of valid UTF-8, for the CSV reader: a line
+    that is not UTF-8 goes to `rejected` (its text with escapes) instead of failing the whole
+    file; a stream that breaks off (a truncated .gz) ends at its last whole line, the partial
+    one rejected and the error kept in `broken`."""
+
+    def __init__(self, source: BinaryIO, rejected: list[str], block: int) -> None:
+        super().__init__()
+        self._source, self._rejected, self._block = source, rejected, block
+        self._out, self._rest, self._ended = memoryview(b""), b"", False
+        self.broken: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._out and not self._ended:
+            self._out = memoryview(self._valid(self._next_lines()))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _next_lines(self) -> bytes:
+        pieces, size = [], 0
+        try:  # read1, one read at a time: a break loses nothing read before it
+            while size < self._block and (piece := self._source.read1(self._block - size)):
+                pieces.append(piece)
+                size += len(piece)
+        except (OSError, EOFError, zlib.error) as exc:
+            self.broken = str(exc)
+        data = self._rest + b"".join(pieces)
+        if size and self.broken is None:
+            cut = data.rfind(b"\n") + 1
+            lines, self._rest = data[:cut], data[cut:]
+            return lines
+        self._ended = True  # the end; after a break, what follows the last newline is partial
+        cut = data.rfind(b"\n") + 1 if self.broken is not None else len(data)
+        if data[cut:]:
+            self._rejected.append(_line_text(data[cut:]))
+        return data[:cut]
+
+    def _valid(self, lines: bytes) -> bytes:
+        try:
+            lines.decode()
+            return lines
+        except UnicodeDecodeError:
+            kept = []
+            for line in lines.splitlines(keepends=True):
+                try:
+                    line.decode()
+                    kept.append(line)
+                except UnicodeDecodeError:
+                    self._rejected.append(_line_text(line))
+            return b"".join(kept)
+
+
+def _line_text(line: bytes) -> str:
+    return line.rstrip(b"\r\n").decode(errors="backslashreplace")
+
+
 def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFrame]:
     """Raw frames from a REES46 CSV file (plain or .gz), in file order, chunk by chunk.
 
-    Rows of the wrong width come out as malformed rows (with the next chunk), not as errors.
+    Rows of the wrong width or not in UTF-8 come out as malformed rows (with a later chunk),
+    not as errors. A file that breaks off (a truncated .gz) gives its rows up to there, its
+    partial last line as malformed, and then a ContractError saying so.
     """
     bad_rows: list[str] = []
 
@@ -202,10 +268,13 @@ def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFr
         bad_rows.append(row.text)
         return "skip"
 
-    stream = pa.input_stream(str(path), compression="detect")
+    # Python's gzip, not Arrow's: on a truncated file it hands over what it could decompress.
+    path = Path(path)
+    source = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    lines = _WholeUtf8Lines(source, bad_rows, chunk_bytes)
     try:
         reader = pacsv.open_csv(
-            stream,
+            pa.PythonFile(lines, mode="r"),
             read_options=pacsv.ReadOptions(block_size=chunk_bytes),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
             convert_options=pacsv.ConvertOptions(
@@ -215,20 +284,30 @@ def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFr
             ),
         )
     except pa.ArrowInvalid as exc:
-        raise ContractError(f"{path}: not a readable CSV file: {exc}") from exc
+        why = ("its first lines are not UTF-8 text" if bad_rows and "Empty" in str(exc)
+               else lines.broken or str(exc))
+        raise ContractError(f"{path}: not a readable CSV file: {why}") from exc
     header = reader.schema.names
     missing = [c for c in REES46_COLUMNS if c not in header]
     if missing:
         raise ContractError(f"{path}: header lacks the REES46 columns {missing}; got {header}")
     known = [c for c in header if c in _FIELD]
-    for batch in reader:
-        frame = _csv_batch_frame(batch, known)
-        if bad_rows:
-            frame = pd.concat([frame, _malformed_lines(bad_rows)], ignore_index=True)
-            bad_rows.clear()
-        yield frame
+    rows = 0
+    try:
+        for batch in reader:
+            frame = _csv_batch_frame(batch, known)
+            rows += batch.num_rows
+            if bad_rows:
+                frame = pd.concat([frame, _malformed_lines(bad_rows)], ignore_index=True)
+                bad_rows.clear()
+            yield frame
+    except pa.ArrowInvalid as exc:
+        raise ContractError(f"{path}: unreadable after {rows:,} rows: {exc}") from exc
     if bad_rows:
         yield _malformed_lines(bad_rows)
+    if lines.broken is not None:
+        raise ContractError(f"{path}: the file breaks off after {rows:,} rows ({lines.broken});"
+                            " the rows before were read, the partial last line is malformed")
 
 
 def _csv_batch_frame(batch: pa.RecordBatch, known: list[str]) -> pd.DataFrame:

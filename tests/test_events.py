@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import orjson
@@ -135,6 +136,37 @@ def test_csv_rows_of_wrong_width_are_malformed_not_fatal(tmp_path: Path) -> None
     assert len(result.valid) == 2
     assert result.invalid[events.REASON].tolist() == ["malformed"]
     assert result.invalid[events.PAYLOAD].tolist() == ["2019-10-01 00:00:00 UTC,view,1"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 256])  # one block, and lines across many
+def test_a_line_that_is_not_utf8_is_one_malformed_row_not_a_lost_file(
+        tmp_path: Path, chunk_bytes: int) -> None:
+    good = ",".join(BASE.values()).encode()
+    bad = good.replace(b"shiseido", b"shis\xffido")
+    path = tmp_path / "mixed.csv.gz"
+    with gzip.open(path, "wb") as out:
+        out.write(b",".join(c.encode() for c in events.REES46_COLUMNS) + b"\n")
+        out.write(b"\n".join([good] * 20 + [bad] + [good] * 20) + b"\n")
+    result = events.validate(pd.concat(events.read_csv(path, chunk_bytes), ignore_index=True))
+    assert len(result.valid) == 40
+    assert result.invalid[events.REASON].tolist() == ["malformed"]
+    assert result.invalid[events.PAYLOAD].tolist() == [bad.decode(errors="backslashreplace")]
+
+
+def test_a_truncated_gz_gives_its_rows_then_says_it_breaks_off(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.csv.gz"
+    rows = [[*list(BASE.values())[:-1], f"session-{i}"] for i in range(5000)]
+    write_csv(whole, rows)
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    frames = []
+    with pytest.raises(events.ContractError, match="breaks off after"):
+        frames.extend(events.read_csv(cut, chunk_bytes=4096))
+    result = events.validate(pd.concat(frames, ignore_index=True))
+    sessions = result.valid["user_session"].tolist()
+    assert 0 < len(sessions) < 5000
+    assert sessions == [f"session-{i}" for i in range(len(sessions))]  # whole rows, in order
+    assert result.invalid[events.REASON].tolist() in (["malformed"], [])  # the partial line
 
 
 def test_invalid_csv_rows_keep_a_faithful_payload(tmp_path: Path) -> None:
