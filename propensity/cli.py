@@ -245,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.add_argument("--only", action="append", choices=CHAOS_SCENARIOS, metavar="SCENARIO",
                              help="run only this scenario (repeatable): "
                                   + ", ".join(CHAOS_SCENARIOS))
+    bench_chaos.add_argument("--soak-minutes", type=_number(float, 10), metavar="M",
+                             help="the soak's length (at least 10; default 10, 1 with --short)")
     bench_chaos.set_defaults(handler=_bench_chaos)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
@@ -551,7 +553,8 @@ def _bench_serve(args: argparse.Namespace) -> int:
 def _bench_chaos(args: argparse.Namespace) -> int:
     from propensity.bench.chaos import run_chaos, verdict
 
-    outcomes = run_chaos(Settings(), args.file, args.short, tuple(args.only or CHAOS_SCENARIOS))
+    outcomes = run_chaos(Settings(), args.file, args.short, tuple(args.only or CHAOS_SCENARIOS),
+                         args.soak_minutes and args.soak_minutes * 60)
     print(verdict(outcomes))
     return 0 if all(o.passed for o in outcomes) else 1
 
