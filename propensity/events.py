@@ -198,13 +198,14 @@ class _WholeUtf8Lines(io.RawIOBase):
     """A file's decompressed bytes as whole lines of valid UTF-8, for the CSV reader: a line
     that is not UTF-8 goes to `rejected` (its text with escapes) instead of failing the whole
     file; a stream that breaks off (a truncated .gz) ends at its last whole line, the partial
-    one rejected and the error kept in `broken`."""
+    one kept in `partial` and the error in `broken`."""
 
     def __init__(self, source: BinaryIO, rejected: list[str], block: int) -> None:
         super().__init__()
         self._source, self._rejected, self._block = source, rejected, block
         self._out, self._rest, self._ended = memoryview(b""), b"", False
         self.broken: str | None = None
+        self.partial: str | None = None
 
     def readable(self) -> bool:
         return True
@@ -233,7 +234,7 @@ class _WholeUtf8Lines(io.RawIOBase):
         self._ended = True  # the end; after a break, what follows the last newline is partial
         cut = data.rfind(b"\n") + 1 if self.broken is not None else len(data)
         if data[cut:]:
-            self._rejected.append(_line_text(data[cut:]))
+            self.partial = _line_text(data[cut:])
         return data[:cut]
 
     def _valid(self, lines: bytes) -> bytes:
@@ -262,16 +263,32 @@ def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFr
     not as errors. A file that breaks off (a truncated .gz) gives its rows up to there, its
     partial last line as malformed, and then a ContractError saying so.
     """
-    bad_rows: list[str] = []
+    path = Path(path)
+    # Python's gzip, not Arrow's: on a truncated file it hands over what it could decompress.
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as source:
+        yield from _csv_frames(path, source, chunk_bytes)
+
+
+def _csv_frames(path: Path, source: BinaryIO, chunk_bytes: int) -> Iterator[pd.DataFrame]:
+    wrong_width: list[str] = []
+    not_utf8: list[str] = []
+    partial: list[str] = []
 
     def on_invalid_row(row: pacsv.InvalidRow) -> str:
-        bad_rows.append(row.text)
+        wrong_width.append(row.text)
         return "skip"
 
-    # Python's gzip, not Arrow's: on a truncated file it hands over what it could decompress.
-    path = Path(path)
-    source = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    lines = _WholeUtf8Lines(source, bad_rows, chunk_bytes)
+    def with_malformed(frame: pd.DataFrame | None) -> pd.DataFrame:
+        frames = [] if frame is None else [frame]
+        for lines, problem in ((wrong_width, "row width differs from the header"),
+                               (not_utf8, "not UTF-8 text"),
+                               (partial, "the file breaks off in this line")):
+            if lines:
+                frames.append(_malformed_lines(lines, problem))
+                lines.clear()
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+    lines = _WholeUtf8Lines(source, not_utf8, chunk_bytes)
     try:
         reader = pacsv.open_csv(
             pa.PythonFile(lines, mode="r"),
@@ -284,7 +301,7 @@ def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFr
             ),
         )
     except pa.ArrowInvalid as exc:
-        why = ("its first lines are not UTF-8 text" if bad_rows and "Empty" in str(exc)
+        why = ("its first lines are not UTF-8 text" if not_utf8 and "Empty" in str(exc)
                else lines.broken or str(exc))
         raise ContractError(f"{path}: not a readable CSV file: {why}") from exc
     header = reader.schema.names
@@ -295,16 +312,14 @@ def read_csv(path: str | Path, chunk_bytes: int = 4 << 20) -> Iterator[pd.DataFr
     rows = 0
     try:
         for batch in reader:
-            frame = _csv_batch_frame(batch, known)
             rows += batch.num_rows
-            if bad_rows:
-                frame = pd.concat([frame, _malformed_lines(bad_rows)], ignore_index=True)
-                bad_rows.clear()
-            yield frame
+            yield with_malformed(_csv_batch_frame(batch, known))
     except pa.ArrowInvalid as exc:
         raise ContractError(f"{path}: unreadable after {rows:,} rows: {exc}") from exc
-    if bad_rows:
-        yield _malformed_lines(bad_rows)
+    if lines.partial is not None:
+        partial.append(lines.partial)
+    if wrong_width or not_utf8 or partial:
+        yield with_malformed(None)
     if lines.broken is not None:
         raise ContractError(f"{path}: the file breaks off after {rows:,} rows ({lines.broken});"
                             " the rows before were read, the partial last line is malformed")
@@ -323,11 +338,11 @@ def _csv_batch_frame(batch: pa.RecordBatch, known: list[str]) -> pd.DataFrame:
     return frame
 
 
-def _malformed_lines(lines: list[str]) -> pd.DataFrame:
+def _malformed_lines(lines: list[str], problem: str) -> pd.DataFrame:
     return raw_frame({
         PAYLOAD: list(lines),
         SIZE: [len(line.encode()) for line in lines],
-        PROBLEM: ["row width differs from the header"] * len(lines),
+        PROBLEM: [problem] * len(lines),
     })
 
 
