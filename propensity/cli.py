@@ -53,8 +53,7 @@ def _unreachable_hint(exc: Exception) -> str:
     from botocore.exceptions import EndpointConnectionError, NoCredentialsError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    settings = Settings()
-    if isinstance(exc, NoCredentialsError) and settings.aws_endpoint_url is None:
+    if isinstance(exc, NoCredentialsError) and Settings().aws_endpoint_url is None:
         return ("; AWS_ENDPOINT_URL is unset, so this went to AWS itself: for the local stack "
                 'run `eval "$(propensity stack up)"` first')
     if isinstance(exc, EndpointConnectionError | RedisConnectionError):
