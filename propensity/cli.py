@@ -19,7 +19,7 @@ from datetime import date
 from pathlib import Path
 
 from propensity import extra_providing
-from propensity.bench import CHAOS_SCENARIOS
+from propensity.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
 from propensity.settings import Settings
 
 SAMPLE = Path(__file__).parent / "data" / "multicat-2019-10-01-head.csv.gz"
@@ -244,8 +244,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.add_argument("--only", action="append", choices=CHAOS_SCENARIOS, metavar="SCENARIO",
                              help="run only this scenario (repeatable): "
                                   + ", ".join(CHAOS_SCENARIOS))
-    bench_chaos.add_argument("--soak-minutes", type=_number(float, 10), metavar="M",
-                             help="the soak's length (at least 10; default 10, 1 with --short)")
+    bench_chaos.add_argument(
+        "--soak-minutes", type=_number(float, SOAK_FULL_S / 60), metavar="M",
+        help=f"the soak's length (at least {SOAK_FULL_S / 60:g}; default {SOAK_FULL_S / 60:g}, "
+             f"{SOAK_SHORT_S / 60:g} with --short)")
     bench_chaos.set_defaults(handler=_bench_chaos)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")

@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from propensity import aws
-from propensity.bench import CHAOS_SCENARIOS
+from propensity.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
 from propensity.bench.load import run_as_process
 from propensity.bench.stream import produce_generated
 from propensity.demo import check_online, fresh_stack, register_shipped_model
@@ -604,11 +604,11 @@ def run_chaos(settings: Settings, file: Path, short: bool,
               only: tuple[str, ...] = CHAOS_SCENARIOS, soak_s: float | None = None
               ) -> list[Outcome]:
     """The scenarios named in `only` (all by default), in their usual order, on a fresh stack;
-    `soak_s`: the soak's length (default 10 minutes, 1 with `short`)."""
+    `soak_s`: the soak's length (default SOAK_FULL_S, SOAK_SHORT_S with `short`)."""
     unknown = set(only) - set(CHAOS_SCENARIOS)
     if unknown:
         raise ValueError(f"unknown chaos scenarios {sorted(unknown)}; known: {CHAOS_SCENARIOS}")
-    soak_seconds = soak_s or (60 if short else 600)
+    soak_seconds = soak_s or (SOAK_SHORT_S if short else SOAK_FULL_S)
     stack, chaos = fresh_stack(settings.home / "chaos")
     logs = stack.dir
     outcomes = []
@@ -631,9 +631,9 @@ def run_chaos(settings: Settings, file: Path, short: bool,
                 "scorer-redis": lambda: scorer_redis(chaos, file, folder, 9 if short else 30),
                 "scorer-overload": lambda: scorer_overload(chaos, file, folder,
                                                            SUSTAINABLE_RPS, 6 if short else 30),
-                # Memory is judged from 10 minutes on: a minute is inside the warm-up.
                 "soak": lambda: soak(chaos, file, folder, soak_seconds, 200, 50,
-                                     logs / "chaos-soak.log", judge_memory=soak_seconds >= 600),
+                                     logs / "chaos-soak.log",
+                                     judge_memory=soak_seconds >= SOAK_FULL_S),
             }
             for name in CHAOS_SCENARIOS:
                 if name in only:
