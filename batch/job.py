@@ -93,8 +93,7 @@ def run(settings: Settings, args: argparse.Namespace, spark: Any = None) -> Batc
     days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
 
     started = time.monotonic()
-    spark = spark or spark_session("propensity-batch", settings.spark_master,
-                                   shuffle_partitions=4)
+    spark = spark or spark_session("propensity-batch", settings.spark_master)
     events = aggregates.distinct_events(lake.read_events(spark, settings, until=last), last)
     events = events.persist()
     totals = aggregates.input_totals(events)

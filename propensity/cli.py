@@ -506,6 +506,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from pyspark.errors import StreamingQueryException
 
+    from streaming.checkpoint import CheckpointLayoutMismatch
     from streaming.job import StreamOptions, run
     from streaming.kinesis_source import CheckpointStreamMismatch
 
@@ -515,6 +516,9 @@ def _stream(args: argparse.Namespace) -> int:
         run(settings, StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
                                     starting_position=args.starting_position,
                                     max_records_per_batch=args.max_records_per_batch))
+    except CheckpointLayoutMismatch as exc:
+        print(f"propensity: error: {exc}", file=sys.stderr)
+        return 2
     except StreamingQueryException as exc:
         # Spark wraps the source's error in its own (with the plan): the gist on one line.
         mismatch = CheckpointStreamMismatch.message_in(exc)

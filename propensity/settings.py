@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     stream_online_retry_s: float = Field(300, ge=0, alias="PROPENSITY_STREAM_ONLINE_RETRY_S")
     # Spark checkpoints of the streaming job: a local folder here, s3://... on EMR.
     checkpoint_dir: str = Field(".propensity/checkpoints", alias="PROPENSITY_CHECKPOINT_DIR")
+    # The streaming job's parallelism, recorded with its checkpoint when the checkpoint is
+    # created and kept for its life (streaming/checkpoint.py): the stateful step's partitions
+    # (tasks per micro-batch; 0: the cores Spark has then, e.g. 2 in local[2]; a cluster's
+    # deployment sets its executors' cores) and the session buckets the sessions are grouped
+    # in (0: 32 per partition). 0 on an existing checkpoint takes the checkpoint's values.
+    stream_state_partitions: int = Field(0, ge=0, alias="PROPENSITY_STREAM_STATE_PARTITIONS")
+    stream_session_buckets: int = Field(0, ge=0, alias="PROPENSITY_STREAM_SESSION_BUCKETS")
 
     # The scorer: deadline of the online-store read (then it answers degraded), how often it
     # looks for a new `latest` model, the largest request body, an optional API key (header

@@ -1,6 +1,6 @@
 """The SparkSession every job uses: local mode here, the cluster's settings on EMR.
 
-Locally Spark runs in `local[2]` with few shuffle partitions; Python workers must run the same
+Locally Spark runs in `local[2]`; Python workers must run the same
 interpreter as the driver, or they fail to connect back. State lives in RocksDB.
 """
 
@@ -17,8 +17,7 @@ ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvi
 DRIVER_MEMORY = "2g"
 
 
-def spark_session(app: str, master: str, shuffle_partitions: int = 2,
-                  long_running: bool = False) -> SparkSession:
+def spark_session(app: str, master: str, long_running: bool = False) -> SparkSession:
     """`master` "" keeps what spark-submit configured (EMR); "local[2]" runs embedded.
     `long_running` (the streaming job) gives an embedded JVM its whole heap from the start,
     touched, as long-running JVMs are run: its memory is then flat instead of stepping up
@@ -37,7 +36,11 @@ def spark_session(app: str, master: str, shuffle_partitions: int = 2,
                                      f"-Xms{DRIVER_MEMORY} -XX:+AlwaysPreTouch")
     spark = (
         builder
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        # Batch shuffles are sized from their data: adaptive execution coalesces the
+        # shuffle partitions to what the rows need. (Streaming queries run without it; the
+        # streaming job sets its own state partitions, kept by its checkpoint.)
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.sql.adaptive.coalescePartitions.enabled", "true")
         .config("spark.sql.streaming.stateStore.providerClass", ROCKSDB)
         .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")

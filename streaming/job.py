@@ -9,7 +9,6 @@ locally and as a continuous EMR step (spark-submit, settings from the environmen
 from __future__ import annotations
 
 import logging
-import statistics
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -24,11 +23,18 @@ from propensity import aws
 from propensity.kinesis import list_shards
 from propensity.settings import Settings
 from propensity.spark import spark_session
+from streaming.checkpoint import (
+    Checkpoint,
+    Layout,
+    complete_layout,
+    requested_layout,
+    resolve_layout,
+)
 from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
 from streaming.metrics import CloudWatchMetrics, batch_metrics
 from streaming.parse import PARSED_SCHEMA, parse_batches
-from streaming.sessionize import BUCKETS, OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
-from streaming.sinks import MicroBatchSink
+from streaming.sessionize import OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
+from streaming.sinks import BatchReport, MicroBatchSink
 
 log = logging.getLogger("propensity.stream")
 QUERY_NAME = "propensity-sessionize"
@@ -43,12 +49,14 @@ class StreamOptions:
 
 
 def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
-                sink: MicroBatchSink) -> StreamingQuery:
+                sink: MicroBatchSink, layout: Layout) -> StreamingQuery:
     spark.dataSource.register(KinesisDataSource)
+    # A new checkpoint records this; an existing one keeps its own (streaming.checkpoint).
+    spark.conf.set("spark.sql.shuffle.partitions", str(layout.state_partitions))
     source = SourceOptions.from_settings(settings, starting_position=options.starting_position,
                                          max_records_per_batch=options.max_records_per_batch)
     raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
-    parsed = raw.mapInArrow(partial(parse_batches, buckets=BUCKETS),
+    parsed = raw.mapInArrow(partial(parse_batches, buckets=layout.session_buckets),
                             from_arrow_schema(PARSED_SCHEMA))
     # TimeMode None: no timers, no no-data batches; lateness and expiry follow each bucket's
     # own event-time frontier (see streaming.sessionize).
@@ -77,22 +85,23 @@ class ProgressLog(StreamingQueryListener):
 
     def onQueryProgress(self, event: Any) -> None:
         progress = event.progress
-        report = self.sink.reports.pop(progress.batchId, None)
+        report = self.sink.reports.pop(progress.batchId, None) or BatchReport(
+            progress.batchId)
         state_rows = sum(op.numRowsTotal for op in progress.stateOperators)
-        freshness = report.freshness_s if report and report.freshness_s else [0.0]
         log.info(
             "batch %d: input %d rows, %d events counted in %d sessions, %d state rows, "
-            "quarantined %s, batch %.2f s (sink %.2f s), freshness p50 %.2f s max %.2f s",
-            progress.batchId, progress.numInputRows, report.events if report else 0,
-            report.sessions if report else 0, state_rows,
-            report.quarantined if report else {}, progress.batchDuration / 1000,
-            report.write_s if report else 0.0, statistics.median(freshness), max(freshness))
-        if report and report.online_retries:
+            "quarantined %s, batch %.2f s (sink %.2f s in %d tasks), "
+            "freshness p50 %.2f s max %.2f s",
+            progress.batchId, progress.numInputRows, report.events, report.sessions,
+            state_rows, report.quarantined, progress.batchDuration / 1000, report.write_s,
+            report.tasks, report.freshness_quantile(0.5) or 0.0,
+            max(report.freshness_s, default=0.0))
+        if report.online_retries:
             log.warning("batch %d: %d Redis writes repeated while Redis was unavailable",
                         progress.batchId, report.online_retries)
         if self.metrics is not None:
             self.metrics.publish(batch_metrics(progress.batchDuration, progress.numInputRows,
-                                               report.freshness_s if report else []))
+                                               report.freshness_quantile(0.5)))
         log.debug("batch %d durations (ms): %s; state: %s", progress.batchId,
                   progress.durationMs, [op.json for op in progress.stateOperators])
 
@@ -104,24 +113,38 @@ class ProgressLog(StreamingQueryListener):
             log.error("query terminated: %s", event.exception)
 
 
+def checked_layout(settings: Settings) -> Layout:
+    """The parallelism the query runs with: the checkpoint's, or the settings' for a new one
+    (zeros are filled once Spark runs). Raises CheckpointLayoutMismatch before Spark starts."""
+    checkpoint = Checkpoint(settings)
+    return resolve_layout(requested_layout(settings), checkpoint.recorded_layout(),
+                          checkpoint.directory)
+
+
 def start(settings: Settings, options: StreamOptions, spark: SparkSession
           ) -> tuple[StreamingQuery, ProgressLog]:
     """Register the feature repo and start the query; returns at once with the query and its
     progress listener (remove it with spark.streams.removeListener when done)."""
+    layout = complete_layout(checked_layout(settings), spark.sparkContext.defaultParallelism)
+    Checkpoint(settings).record_layout(layout)
     feature_repo.apply(settings)
     sink = MicroBatchSink(settings)
     listener = ProgressLog(sink, CloudWatchMetrics(settings) if settings.metrics_namespace
                            else None)
     spark.streams.addListener(listener)
-    query = build_query(spark, settings, options, sink)
+    query = build_query(spark, settings, options, sink, layout)
+    log.info("state partitions %d, session buckets %d (checkpoint %s)",
+             layout.state_partitions, layout.session_buckets, settings.checkpoint_dir)
     listener.query_id = str(query.id)
     return query, listener
 
 
 def run(settings: Settings, options: StreamOptions, spark: SparkSession | None = None) -> None:
     """Run the job until it stops (until idle, or forever)."""
-    # A missing stream or unreachable endpoint: one clear error now, not Spark's in 10 s.
+    # A missing stream or unreachable endpoint, or a checkpoint kept for other settings: one
+    # clear error now, not Spark's in 10 s.
     list_shards(aws.client("kinesis", settings), settings.kinesis_stream)
+    checked_layout(settings)
     spark = spark or spark_session("propensity-stream", settings.spark_master,
                                    long_running=True)
     query, listener = start(settings, options, spark)

@@ -6,7 +6,6 @@ and dropped: metrics never stop the job."""
 from __future__ import annotations
 
 import logging
-import statistics
 from typing import Any
 
 from propensity import aws
@@ -15,15 +14,15 @@ from propensity.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def batch_metrics(duration_ms: float, input_rows: int, freshness_s: list[float]
+def batch_metrics(duration_ms: float, input_rows: int, freshness_p50_s: float | None
                   ) -> list[dict[str, Any]]:
     """CloudWatch metric data of one micro-batch."""
     data = [{"MetricName": "StreamingBatchDurationMs", "Value": float(duration_ms),
              "Unit": "Milliseconds"},
             {"MetricName": "StreamingInputRows", "Value": float(input_rows), "Unit": "Count"}]
-    if freshness_s:
+    if freshness_p50_s is not None:
         data.append({"MetricName": "StreamingFreshnessP50Seconds",
-                     "Value": float(statistics.median(freshness_s)), "Unit": "Seconds"})
+                     "Value": float(freshness_p50_s), "Unit": "Seconds"})
     return data
 
 

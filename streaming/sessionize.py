@@ -44,8 +44,6 @@ from pyspark.sql.types import BinaryType, LongType, StringType, StructField, Str
 from propensity import features as F
 from streaming.parse import EVENT_RECORD, INVALID_BUCKET
 
-# Fixed for the life of a checkpoint: a different count would look sessions up in other buckets.
-BUCKETS = 64
 SNAPSHOT, INVALID, LATE = "snapshot", "invalid", "late"
 
 _ARROW_TYPES = {"int64": pa.int64(), "float64": pa.float64(), "string": pa.string(),

@@ -1,41 +1,48 @@
-"""Where one micro-batch goes. Every write is idempotent per batch id, so a batch that Spark
-replays after a crash changes nothing:
+"""Where one micro-batch goes, written by the tasks that hold its rows: no row passes through
+the driver. The stateful step's output is grouped by session bucket, so every entity of the
+session views (a session, a session and product) lives in exactly one partition, and each
+task decides its entities' latest rows itself. Each task writes its own partition's
 
-- the event lake: valid, de-duplicated events as Parquet, `<events>/date=D/batch-...parquet`;
-- the feature archive (Feast's offline source): one snapshot per event and view,
+- event lake objects: valid, de-duplicated events as Parquet,
+  `<events>/date=D/batch-<query>-<batch>-<partition>.parquet`;
+- feature archive objects (Feast's offline source): one snapshot per event and view,
   `<features>/<view>/date=D/batch-...parquet`;
-- the quarantine: invalid and late events with payload and reason, partitioned by arrival date;
-- Redis in Feast's online format, through Feast's own conversion and Redis writer: only the
-  latest snapshot per entity, which Feast skips when Redis already holds that instant or later.
-  While Redis is away (a restart, a failover) the batch retries its Redis writes for up to
-  PROPENSITY_STREAM_ONLINE_RETRY_S and then goes on: Kinesis holds the backlog meanwhile, and
-  the next batches catch up. Only after that budget does the batch fail (and the job with it).
+- quarantine objects: invalid and late events with payload and reason, by arrival date;
+- Redis rows in Feast's online format, through Feast's own conversion and Redis writer: only
+  the latest snapshot per entity, which Feast skips when Redis already holds that instant or
+  later. While Redis is away (a restart, a failover) the task retries its Redis writes for up
+  to PROPENSITY_STREAM_ONLINE_RETRY_S and then goes on: Kinesis holds the backlog meanwhile,
+  and the next batches catch up. Only after that budget does the batch fail (and the job).
 
-Object names depend only on the checkpoint, the batch id and the date, so a replayed batch
-overwrites itself, and a job started afresh on a new checkpoint (batch ids from 0 again) never
-overwrites the objects of the old one: names carry the query's id, which Spark keeps for the
-life of a checkpoint (`batch-<query>-N.parquet`; `batch-N.parquet` for a sink used without one).
+and returns one small report row (counts by kind and reason, a freshness sample, Redis
+retries) to the driver, which joins them for the batch's log line and metrics.
+
+Every write is idempotent per batch: object names depend only on the checkpoint's query id
+(streaming.checkpoint), the batch id, the date and the partition, and a replayed batch after a
+crash gives every partition the same rows, so it overwrites itself; a job started afresh on a
+new checkpoint (batch ids from 0 again) never overwrites the objects of the old one.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
 from feast.infra.online_stores.redis import RedisOnlineStore
+from pyspark import TaskContext
+from pyspark.sql.pandas.types import from_arrow_schema
 
 import feature_repo
 from feature_repo import definitions
@@ -43,8 +50,9 @@ from feature_repo.online import write_latest
 from propensity import aws, events
 from propensity import features as F
 from propensity.settings import Settings
+from streaming.checkpoint import Checkpoint
 from streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
-from streaming.sessionize import INVALID, LATE, SNAPSHOT
+from streaming.sessionize import INVALID, LATE, OUTPUT_SCHEMA, SNAPSHOT
 
 log = logging.getLogger("propensity.stream")
 
@@ -52,26 +60,95 @@ SESSION_COLUMNS = (F.SESSION_ID, F.USER_ID, "event_id", "event_time", F.EVENT_TI
                    *F.SESSION_FEATURE_NAMES)
 SESSION_PRODUCT_COLUMNS = (F.SESSION_ID, F.PRODUCT_ID, "event_id", F.EVENT_TIMESTAMP,
                            *F.SESSION_PRODUCT_FEATURE_NAMES)
+# Freshness values a task sends the driver at most: evenly spaced order statistics of its own
+# (with its smallest and largest), each standing for its share of the task's events.
+FRESHNESS_SAMPLES = 64
 
 
 @dataclass
 class BatchReport:
+    """What one task (or, joined, a whole micro-batch) wrote."""
+
     batch_id: int
     events: int = 0
     sessions: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     online_rows: int = 0
     online_retries: int = 0  # Redis writes repeated because Redis was unreachable
-    write_s: float = 0.0
-    freshness_s: list[float] = field(default_factory=list)  # arrival -> readable in Redis
+    write_s: float = 0.0  # the slowest task's
+    tasks: int = 0
+    # arrival -> readable in Redis: a sample, each value weighing `freshness_weights` events
+    freshness_s: list[float] = field(default_factory=list)
+    freshness_weights: list[float] = field(default_factory=list)
+
+    def freshness_quantile(self, q: float) -> float | None:
+        return weighted_quantile(self.freshness_s, self.freshness_weights, q)
+
+
+# One row per task, what the driver collects.
+TASK_REPORT_SCHEMA = pa.schema([
+    ("partition", pa.int32()),
+    ("events", pa.int64()),
+    ("sessions", pa.int64()),
+    ("quarantined", pa.string()),  # JSON {reason: count}
+    ("online_rows", pa.int64()),
+    ("online_retries", pa.int64()),
+    ("write_s", pa.float64()),
+    ("freshness_s", pa.list_(pa.float64())),
+    ("freshness_weight", pa.float64()),
+])
 
 
 class MicroBatchSink:
-    """`foreachBatch` target. Created on the driver; holds no Spark objects."""
+    """`foreachBatch` target on the driver: starts the batch's writing tasks, joins their
+    reports. Holds no Spark objects between batches."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.reports: dict[int, BatchReport] = {}
+        self._tag: str | None = None
+
+    def __call__(self, df: Any, batch_id: int) -> None:
+        write = partial(write_partitions, settings=self.settings, batch_id=batch_id,
+                        tag=self.query_tag)
+        rows = df.mapInArrow(write, from_arrow_schema(TASK_REPORT_SCHEMA)).toArrow()
+        self.reports[batch_id] = join_reports(batch_id, rows)
+
+    @property
+    def query_tag(self) -> str:
+        if self._tag is None:  # Spark writes the metadata before the first batch
+            self._tag = Checkpoint(self.settings).query_tag()
+        return self._tag
+
+
+def write_partitions(batches: Iterator[pa.RecordBatch], settings: Settings, batch_id: int,
+                     tag: str) -> Iterator[pa.RecordBatch]:
+    """The `mapInArrow` function of the sink: one task's rows of the stateful step's output,
+    written; yields the task's report row."""
+    table = pa.Table.from_batches(list(batches), schema=OUTPUT_SCHEMA)
+    context = TaskContext.get()
+    partition = context.partitionId() if context else 0
+    report = _writer(settings).write(table, batch_id, partition, tag)
+    yield report_row(report, partition)
+
+
+_WRITERS: dict[tuple, PartitionWriter] = {}
+
+
+def _writer(settings: Settings) -> PartitionWriter:
+    """One writer per Python worker process and settings: its S3 filesystem, Feast config and
+    Redis connection outlive the task (Spark reuses Python workers)."""
+    key = tuple(sorted(settings.to_env().items()))
+    if key not in _WRITERS:
+        _WRITERS[key] = PartitionWriter(settings)
+    return _WRITERS[key]
+
+
+class PartitionWriter:
+    """Writes one partition's rows of a micro-batch: lake, archive, quarantine, Redis."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._fs: Any = None
         self._repo_config: Any = None
         self._views = {name: definitions.feature_view(settings, name)
@@ -79,12 +156,11 @@ class MicroBatchSink:
         self._online = RedisOnlineStore()
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="sink")
 
-    def __call__(self, df: Any, batch_id: int) -> None:
-        self.write(df.toArrow(), batch_id)
-
-    def write(self, table: pa.Table, batch_id: int) -> BatchReport:
+    def write(self, table: pa.Table, batch_id: int, partition: int = 0,
+              tag: str = "") -> BatchReport:
         started = time.monotonic()
-        report = BatchReport(batch_id)
+        report = BatchReport(batch_id, tasks=1)
+        name = f"batch-{tag}{batch_id:012d}-{partition:05d}.parquet"
         kinds = table.column("kind")
         snapshots = snapshot_table(table.filter(pc.equal(kinds, SNAPSHOT)))
         quarantine = quarantine_table(table.filter(pc.equal(kinds, INVALID)),
@@ -95,13 +171,12 @@ class MicroBatchSink:
         if snapshots.num_rows:
             lake_rows = snapshots.select(events.LAKE_SCHEMA.names)
             writes.append(partial(self._write_parquet, self.settings.events_uri, lake_rows,
-                                  "event_time", batch_id))
+                                  "event_time", name))
             for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
                                   (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
                 writes.append(partial(self._write_parquet,
                                       definitions.archive_path(self.settings, view),
-                                      snapshots.select(list(columns)), F.EVENT_TIMESTAMP,
-                                      batch_id))
+                                      snapshots.select(list(columns)), F.EVENT_TIMESTAMP, name))
             online_writes = [partial(
                 retry_while_unavailable,
                 partial(write_latest, self._online, self.repo_config, view, snapshots),
@@ -111,7 +186,7 @@ class MicroBatchSink:
             report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
         if quarantine.num_rows:
             writes.append(partial(self._write_parquet, self.settings.quarantine_uri, quarantine,
-                                  "arrival_time", batch_id))
+                                  "arrival_time", name))
             reasons = pc.value_counts(quarantine.column(events.REASON)).to_pylist()
             report.quarantined = {r["values"]: r["counts"] for r in reasons}
         online = [self._pool.submit(write) for write in online_writes]
@@ -120,12 +195,12 @@ class MicroBatchSink:
         report.online_rows = sum(future.result() for future in online)
         if snapshots.num_rows:
             arrivals = pc.cast(snapshots.column("arrival_time"), pa.int64()).to_numpy() / 1e6
-            report.freshness_s = (time.time() - arrivals).tolist()
+            freshness = time.time() - arrivals
+            report.freshness_s = sample_evenly(freshness, FRESHNESS_SAMPLES)
+            report.freshness_weights = [len(freshness) / len(report.freshness_s)] * len(
+                report.freshness_s)
         report.write_s = time.monotonic() - started
-        self.reports[batch_id] = report
         return report
-
-    # -- Parquet ------------------------------------------------------------------------------
 
     @property
     def fs(self) -> Any:
@@ -133,30 +208,11 @@ class MicroBatchSink:
             self._fs = aws.s3_filesystem(self.settings)
         return self._fs
 
-    def _write_parquet(self, uri: str, table: pa.Table, date_column: str,
-                       batch_id: int) -> None:
+    def _write_parquet(self, uri: str, table: pa.Table, date_column: str, name: str) -> None:
         dates = pc.strftime(table.column(date_column), format="%Y-%m-%d")
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
-            path = f"{aws.s3_key(uri)}/date={date}/batch-{self.query_tag}{batch_id:012d}.parquet"
-            pq.write_table(part, path, filesystem=self.fs)
-
-    @functools.cached_property
-    def query_tag(self) -> str:
-        """`<first 8 hex digits of the query id>-` from the checkpoint's metadata (written by
-        Spark before the first batch), or "" when there is no checkpoint."""
-        directory = self.settings.checkpoint_dir.rstrip("/")
-        try:
-            if directory.startswith("s3://"):
-                with self.fs.open_input_stream(f"{aws.s3_key(directory)}/metadata") as stream:
-                    text = stream.read()
-            else:
-                text = Path(directory, "metadata").read_bytes()
-        except FileNotFoundError:  # anything else (S3 unreachable) fails the batch: retried
-            return ""
-        return json.loads(text.splitlines()[0])["id"].replace("-", "")[:8] + "-"
-
-    # -- Redis (Feast online store) -------------------------------------------------------
+            pq.write_table(part, f"{aws.s3_key(uri)}/date={date}/{name}", filesystem=self.fs)
 
     @property
     def repo_config(self) -> Any:
@@ -164,6 +220,54 @@ class MicroBatchSink:
             self._repo_config = feature_repo.repo_config(
                 self.settings, key_ttl_s=self.settings.online_ttl_s)
         return self._repo_config
+
+
+# -- the reports -----------------------------------------------------------------------------
+
+def report_row(report: BatchReport, partition: int) -> pa.RecordBatch:
+    weight = report.freshness_weights[0] if report.freshness_weights else 0.0
+    return pa.RecordBatch.from_pylist([{
+        "partition": partition, "events": report.events, "sessions": report.sessions,
+        "quarantined": json.dumps(report.quarantined), "online_rows": report.online_rows,
+        "online_retries": report.online_retries, "write_s": report.write_s,
+        "freshness_s": report.freshness_s, "freshness_weight": weight,
+    }], schema=TASK_REPORT_SCHEMA)
+
+
+def join_reports(batch_id: int, rows: pa.Table) -> BatchReport:
+    """The batch's report from its tasks' rows (sessions never span tasks: they add up)."""
+    joined = BatchReport(batch_id)
+    for row in rows.to_pylist():
+        joined.tasks += 1
+        joined.events += row["events"]
+        joined.sessions += row["sessions"]
+        for reason, count in json.loads(row["quarantined"]).items():
+            joined.quarantined[reason] = joined.quarantined.get(reason, 0) + count
+        joined.online_rows += row["online_rows"]
+        joined.online_retries += row["online_retries"]
+        joined.write_s = max(joined.write_s, row["write_s"])
+        joined.freshness_s.extend(row["freshness_s"])
+        joined.freshness_weights.extend([row["freshness_weight"]] * len(row["freshness_s"]))
+    return joined
+
+
+def sample_evenly(values: Any, count: int) -> list[float]:
+    """At most `count` evenly spaced order statistics of `values`, the smallest and largest
+    among them; all of them, sorted, when there are no more than `count`."""
+    ordered = np.sort(np.asarray(values, dtype=float))
+    if len(ordered) <= count:
+        return ordered.tolist()
+    return ordered[np.linspace(0, len(ordered) - 1, count).round().astype(int)].tolist()
+
+
+def weighted_quantile(values: list[float], weights: list[float], q: float) -> float | None:
+    """The smallest value at or below which at least a share `q` of the weight lies."""
+    if not values:
+        return None
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(np.asarray(weights, dtype=float)[order])
+    at = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+    return float(np.asarray(values)[order][min(at, len(values) - 1)])
 
 
 # What a Redis restart or failover looks like to a client: refused or reset connections,

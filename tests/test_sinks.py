@@ -113,3 +113,41 @@ def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
     with pytest.raises(redis.ResponseError):
         retry_while_unavailable(broken, 5, BatchReport(1), "view", sleep=lambda s: None)
     assert len(calls) == 1
+
+
+def test_task_reports_join_into_the_batch_report() -> None:
+    import pyarrow as pa
+
+    from streaming.sinks import (
+        TASK_REPORT_SCHEMA,
+        BatchReport,
+        join_reports,
+        report_row,
+        sample_evenly,
+    )
+
+    first = BatchReport(3, events=10, sessions=4, quarantined={"late": 2}, online_rows=6,
+                        online_retries=1, write_s=0.5, tasks=1, freshness_s=[1.0, 2.0],
+                        freshness_weights=[5.0, 5.0])
+    second = BatchReport(3, events=1, sessions=1, quarantined={"late": 1, "malformed": 4},
+                         online_rows=2, write_s=0.7, tasks=1, freshness_s=[9.0],
+                         freshness_weights=[1.0])
+    empty = BatchReport(3, tasks=1)
+    rows = pa.Table.from_batches([report_row(r, p) for p, r in
+                                  enumerate((first, second, empty))], schema=TASK_REPORT_SCHEMA)
+    joined = join_reports(3, rows)
+    assert (joined.events, joined.sessions, joined.online_rows, joined.online_retries,
+            joined.tasks) == (11, 5, 8, 1, 3)
+    assert joined.quarantined == {"late": 3, "malformed": 4}
+    assert joined.write_s == 0.7  # the slowest task
+    # Each value weighs the events it stands for: 5 at 1 s, 5 at 2 s, 1 at 9 s.
+    assert joined.freshness_quantile(0.4) == 1.0
+    assert joined.freshness_quantile(0.5) == 2.0
+    assert joined.freshness_quantile(0.95) == 9.0
+    assert BatchReport(1).freshness_quantile(0.5) is None
+
+    values = np.arange(1000.0)[::-1]
+    sample = sample_evenly(values, 64)
+    assert len(sample) == 64 and sample[0] == 0.0 and sample[-1] == 999.0
+    assert sample == sorted(sample)
+    assert sample_evenly([3.0, 1.0], 64) == [1.0, 3.0]

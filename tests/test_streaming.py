@@ -26,6 +26,7 @@ from propensity.replay import ReplaySummary, replay
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
+from streaming.checkpoint import LAYOUT_FILE, CheckpointLayoutMismatch
 from streaming.job import StreamOptions, run, start
 from streaming.sessionize import SessionizeConfig
 from tests.feature_oracle import assert_same_snapshots, expected_snapshots
@@ -79,6 +80,10 @@ def online(settings: Settings, view: str, names: tuple[str, ...], rows: list[dic
 
 def test_features_equal_the_recomputation_and_feast_serves_the_latest(
         spark: SparkSession, pipeline: Settings) -> None:
+    # Not the local defaults (2 partitions, 64 buckets): the settings reach Spark and the
+    # parse stage, and every partition's task writes its own objects.
+    pipeline = pipeline.model_copy(update={"stream_state_partitions": 3,
+                                           "stream_session_buckets": 24})
     sent = send(pipeline, COSMETICS, events_per_record=10)
     run(pipeline, StreamOptions(until_idle=True), spark)
 
@@ -96,6 +101,18 @@ def test_features_equal_the_recomputation_and_feast_serves_the_latest(
     query = json.loads((Path(pipeline.checkpoint_dir) / "metadata").read_text())["id"]
     names = [Path(path).name for path, _ in list_objects(pipeline, pipeline.events_uri)]
     assert names and all(n.startswith(f"batch-{query.replace('-', '')[:8]}-") for n in names)
+    # ... and the partition whose task wrote them: all three wrote (5,066 sessions).
+    assert {n.removesuffix(".parquet").rsplit("-", 1)[1] for n in names} == {
+        "00000", "00001", "00002"}
+    checkpoint = Path(pipeline.checkpoint_dir)
+    assert json.loads((checkpoint / LAYOUT_FILE).read_text()) == {
+        "state_partitions": 3, "session_buckets": 24}
+    spark_conf = json.loads((checkpoint / "offsets" / "0").read_text().splitlines()[1])["conf"]
+    assert spark_conf["spark.sql.shuffle.partitions"] == "3"
+    # Another parallelism on this checkpoint: refused before Spark is asked for anything.
+    with pytest.raises(CheckpointLayoutMismatch, match="PROPENSITY_STREAM_STATE_PARTITIONS=4"):
+        run(pipeline.model_copy(update={"stream_state_partitions": 4}),
+            StreamOptions(until_idle=True), spark)
 
     latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
     got = online(pipeline, F.SESSION_VIEW, F.SESSION_FEATURE_NAMES,
