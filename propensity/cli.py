@@ -213,6 +213,10 @@ def _parser() -> argparse.ArgumentParser:
                               help="leave events sent in the first SECONDS out of freshness")
     bench_stream.add_argument("--shape", type=_input_file, default=SAMPLE,
                               help="REES46 file whose sessions the traffic resamples")
+    bench_stream.add_argument(
+        "--master", action="append", default=[], metavar="MASTER",
+        help="Spark master of the job (default PROPENSITY_SPARK_MASTER); repeat for a table, "
+             "e.g. --master 'local-cluster[1,1,2048]' --master 'local-cluster[2,1,2048]'")
     bench_stream.set_defaults(handler=_bench_stream)
 
     bench_batch = benches.add_parser(
@@ -531,11 +535,16 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _bench_stream(args: argparse.Namespace) -> int:
-    from propensity.bench.stream import run_stream_bench
+    from propensity.bench.stream import format_table, run_stream_bench
 
-    result = run_stream_bench(Settings(), args.rate, args.duration, args.shape,
-                              args.events_per_record, args.trigger, args.warmup)
-    print(result.format())
+    results = []
+    for master in args.master or [""]:
+        results.append(run_stream_bench(Settings(), args.rate, args.duration, args.shape,
+                                        args.events_per_record, args.trigger, args.warmup,
+                                        master))
+        print(results[-1].format(), flush=True)
+    if len(results) > 1:
+        print(format_table(results))
     return 0
 
 

@@ -143,8 +143,8 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
     """Run the job until it stops (until idle, or forever)."""
     # A missing stream or unreachable endpoint, or a checkpoint kept for other settings: one
     # clear error now, not Spark's in 10 s.
-    list_shards(aws.client("kinesis", settings), settings.kinesis_stream)
     checked_layout(settings)
+    list_shards(aws.client("kinesis", settings), settings.kinesis_stream)
     spark = spark or spark_session("propensity-stream", settings.spark_master,
                                    long_running=True)
     query, listener = start(settings, options, spark)

@@ -61,3 +61,19 @@ def test_the_layout_file_is_read_only_for_a_checkpoint_with_state(tmp_path: Path
     # A checkpoint made before layouts were recorded used the fixed values of then.
     (tmp_path / "cp" / LAYOUT_FILE).unlink()
     assert checkpoint.recorded_layout() == LEGACY_LAYOUT == Layout(2, 64)
+
+
+def test_the_stream_command_refuses_another_layout_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from propensity.cli import main
+
+    directory = tmp_path / "cp"
+    checkpoint = Checkpoint(_settings(directory))
+    checkpoint.record_layout(Layout(3, 24))
+    (directory / "metadata").write_text(json.dumps({"id": "0123abcd-4567"}) + "\n")
+    monkeypatch.setenv("PROPENSITY_CHECKPOINT_DIR", str(directory))
+    monkeypatch.setenv("PROPENSITY_STREAM_SESSION_BUCKETS", "48")
+    assert main(["stream", "--until-idle"]) == 2  # before Kinesis or Spark is asked
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("propensity: error: checkpoint ") and "\n" not in error
+    assert "PROPENSITY_STREAM_SESSION_BUCKETS=48" in error

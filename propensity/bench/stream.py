@@ -5,6 +5,12 @@ producer process sends generated traffic with the real data's shape (propensity.
 Kinesis at a fixed rate, event times = send times. Sampled events are watched in Redis through
 Feast's own online read: an event's freshness is the time from just before it was sent to
 Kinesis until its session's online features reflect it (their timestamp reaches its time).
+
+The job runs on the settings' Spark master, or on the one given: `local-cluster[N,C,MB]` is
+Spark's standalone topology on one machine (a driver and N executor JVMs of C cores, the
+split of a cluster). The job's CPU is counted by role (propensity.bench.cpu) from the end of
+the warm-up until the last sample is readable: the driver's seconds per 10,000 events show
+whether the driver is in the data path.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from propensity import aws
 from propensity import features as F
+from propensity.bench.cpu import DRIVER, EXECUTORS, CpuTrace
 from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
@@ -38,6 +45,7 @@ class StreamBenchResult:
     duration_s: float
     shape: str
     events_per_record: int
+    master: str = ""
     sent: int = 0
     send_s: float = 0.0
     processed_s: float = 0.0  # from the first send until the last sample was readable
@@ -45,6 +53,13 @@ class StreamBenchResult:
     freshness_s: list[float] = field(default_factory=list)
     unresolved: int = 0
     job_log: str = ""
+    # CPU seconds from the end of the warm-up until the last sample was readable, by role
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    measured_events: float = 0.0  # events sent after the warm-up
+
+    def cpu_per_10k(self, role: str) -> float:
+        return (self.cpu_s.get(role, float("nan")) / self.measured_events * 10_000
+                if self.measured_events else float("nan"))
 
     def percentile(self, q: float) -> float:
         ordered = sorted(self.freshness_s)
@@ -63,35 +78,59 @@ class StreamBenchResult:
             f"  p99 {self.percentile(0.99):.2f} s  max {max(self.freshness_s, default=0):.2f} s"
             f"  (Kinesis -> readable in Redis; {len(self.freshness_s):,} events sampled after a"
             f" {self.warmup_s:.0f} s warm-up, {self.unresolved} never readable)",
+            f"  CPU        driver {self.cpu_per_10k(DRIVER):.2f} s, executors "
+            f"{self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events (Spark master "
+            f"{self.master}; {self.measured_events:,.0f} events after the warm-up)",
             f"  job log    {self.job_log}",
         ])
+
+    def row(self) -> str:
+        """One line of the scale-out table (format_table)."""
+        return (f"| `{self.master}` | {self.rate:,.0f} | {self.sent / self.processed_s:,.0f} | "
+                f"{self.percentile(0.5):.2f} / {self.percentile(0.95):.2f} / "
+                f"{self.percentile(0.99):.2f} s | {self.cpu_per_10k(DRIVER):.2f} s | "
+                f"{self.cpu_per_10k(EXECUTORS):.2f} s |")
+
+
+def format_table(results: list[StreamBenchResult]) -> str:
+    return "\n".join([
+        "| Spark master | Offered events/s | Sustained events/s | Freshness p50 / p95 / p99 | "
+        "Driver CPU per 10k events | Executors' CPU per 10k events |",
+        "| --- | --- | --- | --- | --- | --- |", *(r.row() for r in results)])
 
 
 def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path,
                      events_per_record: int = 10, trigger_s: float = 1.0,
-                     warmup_s: float = 15.0) -> StreamBenchResult:
-    result = StreamBenchResult(rate, duration_s, shape.name, events_per_record,
+                     warmup_s: float = 15.0, master: str = "") -> StreamBenchResult:
+    master = master or base.spark_master
+    result = StreamBenchResult(rate, duration_s, shape.name, events_per_record, master,
                                warmup_s=warmup_s)
     stack = LocalStack(base.home / "bench-stream")
     stack.down()
-    settings = stack.up()
+    settings = stack.up().model_copy(update={"spark_master": master})
     for folder in (Path(settings.checkpoint_dir), Path(settings.feast_registry).parent):
         _remove(folder)
     log = stack.home / "stream.log"
     result.job_log = str(log)
     job = start_stream_job(settings, log, trigger_s=trigger_s, starting_position="LATEST")
+    cpu = CpuTrace(job.pid).start()
     try:
-        wait_for_first_batch(job, log)
+        wait_for_first_batch(job, log, timeout_s=300)
         samples = multiprocessing.get_context("spawn").Queue()
         producer = multiprocessing.get_context("spawn").Process(
             target=produce_generated,
             args=(settings, str(shape), rate, duration_s, events_per_record, samples))
         producer.start()
-        _probe(settings, samples, producer, result)
+        started = _probe(settings, samples, producer, result)
         producer.join()
     finally:
+        cpu.stop()
         stop_stream_job(job)
         stack.down()
+    measured_from, measured_to = started + warmup_s, started + result.processed_s
+    result.measured_events = result.sent * max(0.0, 1 - warmup_s / result.send_s)
+    result.cpu_s = {role: cpu.used(role, measured_from, measured_to)
+                    for role in (DRIVER, EXECUTORS)}
     return result
 
 
@@ -122,8 +161,9 @@ def produce_generated(settings: Settings, shape: str, rate: float, duration_s: f
 
 
 def _probe(settings: Settings, samples: Any, producer: Any, result: StreamBenchResult,
-           drain_timeout_s: float = 120) -> None:
-    """Watch sampled events until each is readable in Redis (or the drain times out)."""
+           drain_timeout_s: float = 120) -> float:
+    """Watch sampled events until each is readable in Redis (or the drain times out);
+    returns the epoch time the producer started sending at."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
     import feature_repo
@@ -169,6 +209,7 @@ def _probe(settings: Settings, samples: Any, producer: Any, result: StreamBenchR
         time.sleep(_POLL_S)
     result.unresolved = len(pending)
     result.processed_s = last_resolved - started
+    return started
 
 
 def _remove(folder: Path) -> None:

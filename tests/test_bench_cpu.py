@@ -1,0 +1,46 @@
+"""CPU by role for the stream bench: the arithmetic on samples, and the process tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+from propensity.bench.cpu import DRIVER, EXECUTORS, roles, used
+
+
+def test_cpu_used_between_two_moments_by_role() -> None:
+    samples = [
+        (10.0, {1: (DRIVER, 5.0), 2: (EXECUTORS, 1.0)}),
+        (11.0, {1: (DRIVER, 6.0), 2: (EXECUTORS, 3.0), 3: (EXECUTORS, 0.5)}),
+        (12.0, {1: (DRIVER, 6.5), 3: (EXECUTORS, 2.5)}),  # 2 has ended: it keeps 3.0
+    ]
+    assert used(samples, DRIVER, 10.0, 12.0) == 1.5
+    assert used(samples, EXECUTORS, 10.0, 12.0) == 2.0 + 2.5  # 3 started after t0: from 0
+    assert used(samples, EXECUTORS, 10.5, 11.5) == 2.0 + 0.5
+    assert used(samples, DRIVER, 0.0, 9.0) == 0.0
+
+
+def test_an_executor_jvm_and_its_children_count_as_executors() -> None:
+    """A stand-in process tree: a child whose command line names Spark's executor backend,
+    with a busy child of its own, under this (driver) process."""
+    busy = ("import time\nend = time.process_time() + 0.3\n"
+            "while time.process_time() < end: pass\ntime.sleep(5)")
+    executor = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', "
+                               f"{busy!r}]); import time; time.sleep(5)",
+         "org.apache.spark.executor.CoarseGrainedExecutorBackend"])
+    try:
+        time.sleep(1.5)
+        found = roles(psutil.Process(os.getpid()))
+        assert found[os.getpid()][0] == DRIVER
+        assert found[executor.pid][0] == EXECUTORS
+        grandchildren = [p.pid for p in psutil.Process(executor.pid).children()]
+        assert grandchildren and all(found[pid][0] == EXECUTORS for pid in grandchildren)
+        assert sum(found[pid][1] for pid in grandchildren) >= 0.25
+    finally:
+        executor.kill()
+        executor.wait()
