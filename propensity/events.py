@@ -16,6 +16,11 @@ Rules, in the order they are checked (the first that fails gives the reason):
   bad_price       price is not a finite number
   negative_price  price < 0
 
+Before these, a Kinesis record that is a KPL aggregate (propensity/kpl.py) but cannot be read
+is refused whole, its payload the record's bytes in base64:
+  aggregate_digest_mismatch  its MD5 digest does not match its protobuf message
+  aggregate_malformed        too short for the digest, or not a well-formed AggregatedRecord
+
 Identity: `event_id` when the producer sent one, otherwise a stable hash of every field, so the
 repeated rows of the raw data (and any redelivery) share one identity.
 """
@@ -89,7 +94,9 @@ EVENT_SCHEMA = pa.schema(
 )
 
 # Columns of a raw frame besides the fields, and of the invalid frame.
-PAYLOAD = "payload"  # the event as received: the CSV line or the JSON text
+# The event as received: the CSV line or the JSON text (a whole unreadable aggregated record:
+# its bytes in base64, as its detail says).
+PAYLOAD = "payload"
 SIZE = "size"  # bytes of the payload
 PROBLEM = "problem"  # a reason found while parsing (malformed), else None
 REASON = "reason"
@@ -117,6 +124,8 @@ class Reason(StrEnum):
     BAD_ID = "bad_id"
     BAD_PRICE = "bad_price"
     NEGATIVE_PRICE = "negative_price"
+    AGGREGATE_DIGEST_MISMATCH = "aggregate_digest_mismatch"
+    AGGREGATE_MALFORMED = "aggregate_malformed"
 
 
 class ContractError(ValueError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
-from propensity import events
+from propensity import events, kpl
 from propensity.aws import backoff_delays
 
 MAX_RECORDS_PER_PUT = 500
@@ -163,12 +163,13 @@ def read_all(kinesis: Any, stream: str) -> Iterator[tuple[str, dict]]:
 
 
 def read_events(kinesis: Any, stream: str) -> events.Validated:
-    """Every event in the stream through the event contract, with its shard, record sequence
-    number and arrival time as extra columns."""
+    """Every event in the stream (those of KPL aggregated records too) through the event
+    contract, with its shard, record sequence number and arrival time as extra columns.
+    A broken aggregated record raises kpl.AggregateError."""
     payloads: list[bytes] = []
     extra: dict[str, list] = {"shard_id": [], "sequence_number": [], "arrival_time": []}
     for shard_id, record in read_all(kinesis, stream):
-        for line in events.split_record(record["Data"]):
+        for line in kpl.events_of(record["Data"]):
             payloads.append(line)
             extra["shard_id"].append(shard_id)
             extra["sequence_number"].append(record["SequenceNumber"])

@@ -8,7 +8,10 @@ events reach one shard in order. `speed` keeps the original gaps between events 
 
 Several events may share one record (newline-delimited JSON) because emulators and small streams
 take far fewer records than bytes per second. Only events bound for the same shard share a record,
-so per-session order still holds.
+so per-session order still holds. With `aggregate`, records are KPL aggregated records instead,
+one user record per event, as shops that write through the Kinesis Producer Library send them;
+they are built by AWS Labs' aggregator (the `aws-kinesis-agg` package of the `local` extra), not
+by this project, so the streaming job's own decoder (propensity/kpl.py) is tested against it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm import tqdm
@@ -34,6 +38,7 @@ from propensity.kinesis import (
 
 # With pacing, events due within this window go out in one PutRecords call.
 _FLUSH_WINDOW_S = 0.05
+_MAX_PARTITION_KEY_BYTES = 256  # Kinesis' limit on a key (in characters; session ids are ASCII)
 
 
 @dataclass
@@ -83,7 +88,7 @@ class SentEvent:
 
 def replay(path: str | Path, writer: KinesisWriter, shard_map: ShardMap, *,
            speed: float | None = None, limit: int | None = None, events_per_record: int = 1,
-           progress: bool = True) -> ReplaySummary:
+           aggregate: bool = False, progress: bool = True) -> ReplaySummary:
     """Replay a REES46 file: every valid row, in file order."""
     summary = ReplaySummary()
     seen: set[str] = set()
@@ -96,17 +101,19 @@ def replay(path: str | Path, writer: KinesisWriter, shard_map: ShardMap, *,
             yield batch.valid
 
     return send_events(valid_frames(), writer, shard_map, speed=speed,
-                       events_per_record=events_per_record, progress=progress, total=limit,
-                       summary=summary)
+                       events_per_record=events_per_record, aggregate=aggregate,
+                       progress=progress, total=limit, summary=summary)
 
 
 def send_events(frames: Iterable[pd.DataFrame], writer: KinesisWriter, shard_map: ShardMap, *,
-                speed: float | None = None, events_per_record: int = 1, progress: bool = True,
-                total: int | None = None, summary: ReplaySummary | None = None,
+                speed: float | None = None, events_per_record: int = 1, aggregate: bool = False,
+                progress: bool = True, total: int | None = None,
+                summary: ReplaySummary | None = None,
                 on_sent: Callable[[list[SentEvent], float], None] | None = None) -> ReplaySummary:
     """Send valid events (the contract's typed frames, in order) to Kinesis, paced by their
-    event times divided by `speed` (None: as fast as possible). `on_sent` sees each flushed
-    group of events with the time just before they were sent."""
+    event times divided by `speed` (None: as fast as possible), up to `events_per_record` in a
+    record (KPL aggregated records with `aggregate`). `on_sent` sees each flushed group of
+    events with the time just before they were sent."""
     if speed is not None and speed <= 0:
         raise ValueError("speed must be positive")
     if events_per_record < 1:
@@ -121,7 +128,9 @@ def send_events(frames: Iterable[pd.DataFrame], writer: KinesisWriter, shard_map
     def flush() -> None:
         if not buffer:
             return
-        records = pack([(e.key, e.data) for e in buffer], events_per_record, shard_map)
+        items = [(e.key, e.data) for e in buffer]
+        records = (kpl_aggregate(items, events_per_record, shard_map) if aggregate
+                   else pack(items, events_per_record, shard_map))
         retried = writer.stats.retried
         sending_at = time.time()
         writer.put(records)
@@ -187,11 +196,8 @@ def pack(items: Sequence[Record], events_per_record: int, shard_map: ShardMap) -
     """Records of up to `events_per_record` events, each record's events bound for one shard."""
     if events_per_record == 1:
         return list(items)
-    by_shard: dict[str, list[Record]] = {}
-    for key, data in items:
-        by_shard.setdefault(shard_map.shard_for(key), []).append((key, data))
     records: list[Record] = []
-    for shard_items in by_shard.values():
+    for shard_items in _by_shard(items, shard_map):
         chunk: list[Record] = []
         size = 0
         for key, data in shard_items:
@@ -203,6 +209,42 @@ def pack(items: Sequence[Record], events_per_record: int, shard_map: ShardMap) -
             size += len(data) + 1
         records.append(_join(chunk))
     return records
+
+
+def kpl_aggregate(items: Sequence[Record], events_per_record: int, shard_map: ShardMap
+                  ) -> list[Record]:
+    """KPL aggregated records of up to `events_per_record` user records (one event each), each
+    record's user records bound for one shard, built by aws_kinesis_agg's RecordAggregator. An
+    aggregated record takes its first user record's partition key, so it lands on their shard."""
+    # Imported here: the local extra's package, which neither the cluster nor the scorer has.
+    from aws_kinesis_agg.aggregator import RecordAggregator
+
+    records: list[Record] = []
+
+    def add(aggregated: Any) -> None:
+        key, _, data = aggregated.get_contents()
+        records.append((key, data))
+
+    for shard_items in _by_shard(items, shard_map):
+        # Room for the partition key within Kinesis' limit on data plus key.
+        aggregator = RecordAggregator(max_size=MAX_RECORD_BYTES - _MAX_PARTITION_KEY_BYTES)
+        for key, data in shard_items:
+            full = aggregator.add_user_record(key, data)
+            if full is not None:
+                add(full)
+            if aggregator.get_num_user_records() == events_per_record:
+                add(aggregator.clear_and_get())
+        if aggregator.get_num_user_records():
+            add(aggregator.clear_and_get())
+    return records
+
+
+def _by_shard(items: Sequence[Record], shard_map: ShardMap) -> Iterable[list[Record]]:
+    """The items bound for each shard, in order."""
+    by_shard: dict[str, list[Record]] = {}
+    for key, data in items:
+        by_shard.setdefault(shard_map.shard_for(key), []).append((key, data))
+    return by_shard.values()
 
 
 def _join(chunk: list[Record]) -> Record:

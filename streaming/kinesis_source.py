@@ -10,8 +10,12 @@ driver reads each shard up to the tail (or the read limit) in `latestOffset` and
 records it read to the tasks inside their partitions, so nothing is read twice; a partition
 planned without them (after a restart) reads its range from Kinesis itself.
 
-Each row is one event: a record carrying several newline-delimited events becomes several rows
-that share the record's shard, sequence number and arrival time.
+Each row is one event: a record carrying several events (newline-delimited, or the user records
+of a KPL aggregated record: propensity/kpl.py) becomes several rows that share the record's
+shard, sequence number and arrival time, numbered in order by `sub_sequence`; so (sequence
+number, sub-sequence) is an event's position, the same on every read of the record. A record
+that starts as an aggregate but cannot be read is one row with its bytes as payload and the
+reason and detail set (null for every other row), bound for the quarantine.
 
 Resharding is handled: a closed parent shard is read to its end and marked done, and its
 children start at TRIM_HORIZON only once their parents are done, so each partition key's
@@ -36,14 +40,16 @@ from typing import Any
 import pyarrow as pa
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming.datasource import (
     ReadAllAvailable,
     ReadLimit,
     ReadMaxRows,
     SupportsTriggerAvailableNow,
 )
+from pyspark.sql.types import StructType
 
-from propensity import aws, events
+from propensity import aws, events, kpl
 from propensity.kinesis import THROTTLING_CODES, list_shards
 from propensity.settings import Settings
 
@@ -53,10 +59,10 @@ RAW_SCHEMA = pa.schema([
     ("sequence_number", pa.string()),
     ("sub_sequence", pa.int32()),
     ("arrival_time", pa.timestamp("us", tz="UTC")),
-    ("payload", pa.binary()),
+    (events.PAYLOAD, pa.binary()),
+    (events.REASON, pa.string()),  # why the record is not events (a broken aggregate), or null
+    (events.DETAIL, pa.string()),
 ])
-RAW_SCHEMA_DDL = ("shard_id string, sequence_number string, sub_sequence int, "
-                  "arrival_time timestamp, payload binary")
 _GET_RECORDS_LIMIT = 10_000
 _EXPIRED = "ExpiredIteratorException"
 
@@ -142,8 +148,8 @@ class KinesisDataSource(DataSource):
     def name(cls) -> str:
         return FORMAT
 
-    def schema(self) -> str:
-        return RAW_SCHEMA_DDL
+    def schema(self) -> StructType:
+        return from_arrow_schema(RAW_SCHEMA)
 
     def streamReader(self, schema: Any) -> KinesisStreamReader:
         return KinesisStreamReader(SourceOptions.from_options(self.options))
@@ -400,16 +406,26 @@ def _to_batch(shard_id: str, records: list[tuple[str, float, bytes]]) -> pa.Reco
     subs: list[int] = []
     arrivals: list[int] = []
     payloads: list[bytes] = []
+    reasons: list[str | None] = []
+    details: list[str | None] = []
     for sequence, arrival_s, data in records:
-        for sub, line in enumerate(events.split_record(data)):
+        try:
+            record_events, reason, detail = kpl.events_of(data), None, None
+        except kpl.AggregateError as exc:  # the record whole, for the quarantine
+            record_events, reason, detail = [data], exc.reason.value, exc.detail
+        for sub, event in enumerate(record_events):
             sequences.append(sequence)
             subs.append(sub)
             arrivals.append(int(arrival_s * 1e6))
-            payloads.append(line)
+            payloads.append(event)
+            reasons.append(reason)
+            details.append(detail)
     return pa.RecordBatch.from_arrays([
         pa.array([shard_id] * len(sequences), pa.string()),
         pa.array(sequences, pa.string()),
         pa.array(subs, pa.int32()),
         pa.array(arrivals, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
         pa.array(payloads, pa.binary()),
+        pa.array(reasons, pa.string()),
+        pa.array(details, pa.string()),
     ], schema=RAW_SCHEMA)

@@ -5,11 +5,14 @@ id and one `record`: the event's fields plus where it came from (shard, sequence
 arrival time), packed as a JSON array. The stateful operator reads its input cell by cell, so
 three cells per row instead of twenty matters.
 Invalid events go to INVALID_BUCKET, their record holding the raw payload and the reason, so
-they reach the quarantine through the same exactly-once micro-batch.
+they reach the quarantine through the same exactly-once micro-batch. So do the Kinesis records
+the source could not split into events (broken KPL aggregates: their reason is set already),
+with the record's bytes in base64 as payload.
 """
 
 from __future__ import annotations
 
+import base64
 import zlib
 from collections.abc import Iterator, Sequence
 
@@ -17,6 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from propensity import events
 
@@ -41,6 +45,10 @@ def bucket_of(session_id: str, buckets: int) -> int:
 
 def parse_batches(raw: Iterator[pa.RecordBatch], buckets: int) -> Iterator[pa.RecordBatch]:
     for batch in raw:
+        unsplit = pc.is_valid(batch.column(events.REASON))
+        if pc.any(unsplit).as_py():
+            yield _invalid_batch(_unsplit_records(batch.filter(unsplit)))
+            batch = batch.filter(pc.invert(unsplit))
         if batch.num_rows == 0:
             continue
         extra = {name: batch.column(name).to_pandas() for name in KINESIS_FIELDS}
@@ -54,14 +62,29 @@ def parse_batches(raw: Iterator[pa.RecordBatch], buckets: int) -> Iterator[pa.Re
                 pa.array(sessions, pa.string()),
                 pa.array(pack(valid, EVENT_RECORD), pa.binary()),
             ], schema=PARSED_SCHEMA)
-        invalid = checked.invalid
-        if len(invalid):
-            rows = len(invalid)
-            yield pa.RecordBatch.from_arrays([
-                pa.array(np.full(rows, INVALID_BUCKET, np.int32)),
-                pa.nulls(rows, pa.string()),
-                pa.array(pack(invalid, QUARANTINE_RECORD), pa.binary()),
-            ], schema=PARSED_SCHEMA)
+        if len(checked.invalid):
+            yield _invalid_batch(checked.invalid)
+
+
+def _unsplit_records(rows: pa.RecordBatch) -> pd.DataFrame:
+    """Records the source could not split, as invalid rows: the whole record in base64 (a
+    string, as the quarantine's payload is; its bytes are not text), the source's reason."""
+    frame = rows.select(list(KINESIS_FIELDS)).to_pandas()
+    frame[events.PAYLOAD] = [base64.b64encode(data).decode()
+                             for data in rows.column(events.PAYLOAD).to_pylist()]
+    frame[events.REASON] = rows.column(events.REASON).to_pylist()
+    frame[events.DETAIL] = [f"{detail} (payload: the whole Kinesis record, base64)"
+                            for detail in rows.column(events.DETAIL).to_pylist()]
+    return frame
+
+
+def _invalid_batch(invalid: pd.DataFrame) -> pa.RecordBatch:
+    rows = len(invalid)
+    return pa.RecordBatch.from_arrays([
+        pa.array(np.full(rows, INVALID_BUCKET, np.int32)),
+        pa.nulls(rows, pa.string()),
+        pa.array(pack(invalid, QUARANTINE_RECORD), pa.binary()),
+    ], schema=PARSED_SCHEMA)
 
 
 def pack(frame: pd.DataFrame, fields: Sequence[str]) -> list[bytes]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -9,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from propensity import aws, events
-from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_events
+from propensity import aws, events, kpl
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_all, read_events
 from propensity.replay import replay
 from propensity.settings import Settings
 from propensity.testing import FlakyKinesis, write_csv
@@ -31,10 +35,11 @@ def _expected(path: Path) -> pd.DataFrame:
     return events.validate_file(path).valid
 
 
-@pytest.mark.parametrize("events_per_record", [1, 7])
-def test_bundled_sample_arrives_exactly_once_in_session_order(stream: Settings,
-                                                              events_per_record: int) -> None:
-    summary = _replay(stream, SAMPLE, speed=None, events_per_record=events_per_record)
+@pytest.mark.parametrize(("events_per_record", "aggregate"), [(1, False), (7, False), (7, True)])
+def test_bundled_sample_arrives_exactly_once_in_session_order(
+        stream: Settings, events_per_record: int, aggregate: bool) -> None:
+    summary = _replay(stream, SAMPLE, speed=None, events_per_record=events_per_record,
+                      aggregate=aggregate)
     expected = _expected(SAMPLE)
     assert summary.read == 17434 == summary.sent + sum(summary.invalid.values())
     assert summary.sent == len(expected)
@@ -42,6 +47,9 @@ def test_bundled_sample_arrives_exactly_once_in_session_order(stream: Settings,
     assert summary.records == (summary.sent if events_per_record == 1 else
                                pytest.approx(summary.sent / events_per_record, rel=0.05))
 
+    records = [r["Data"] for _, r in read_all(aws.client("kinesis", stream), stream.kinesis_stream)]
+    assert len(records) == summary.records
+    assert all(kpl.is_aggregated(data) == aggregate for data in records)
     arrived = read_events(aws.client("kinesis", stream), stream.kinesis_stream)
     assert arrived.invalid.empty
     assert Counter(arrived.valid["event_id"]) == Counter(expected["event_id"])
@@ -50,6 +58,20 @@ def test_bundled_sample_arrives_exactly_once_in_session_order(stream: Settings,
     file_order = {eid: i for i, eid in enumerate(expected["event_id"])}
     positions = arrived.valid.assign(pos=arrived.valid["event_id"].map(file_order))
     assert positions.groupby("user_session")["pos"].is_monotonic_increasing.all()
+
+
+def test_the_command_sends_kpl_aggregated_records(stream: Settings) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "propensity"), "replay", str(SAMPLE), "--max",
+         "--limit", "300", "--events-per-record", "25", "--aggregate", "--json"],
+        env={**os.environ, **stream.to_env()}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    records = [r["Data"] for _, r in read_all(aws.client("kinesis", stream), stream.kinesis_stream)]
+    assert len(records) == summary["records"] < summary["sent"] / 10
+    assert all(kpl.is_aggregated(data) for data in records)
+    arrived = read_events(aws.client("kinesis", stream), stream.kinesis_stream)
+    assert len(arrived.valid) == summary["sent"] and arrived.invalid.empty
 
 
 def test_partial_putrecords_failures_are_retried(stream: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -31,6 +32,7 @@ from streaming.job import StreamOptions, run, start
 from streaming.sessionize import SessionizeConfig
 from tests.feature_oracle import assert_same_snapshots, expected_snapshots
 from tests.test_events import BASE
+from tests.test_kpl import aggregated
 
 pytestmark = pytest.mark.integration
 COSMETICS = Path(__file__).parent / "data" / "cosmetics-2019-11-01-head6000.csv.gz"
@@ -127,6 +129,48 @@ def test_features_equal_the_recomputation_and_feast_serves_the_latest(
     want = latest_products[[F.SESSION_ID, F.PRODUCT_ID, *F.SESSION_PRODUCT_FEATURE_NAMES]]
     pd.testing.assert_frame_equal(got[want.columns], want.reset_index(drop=True),
                                   check_dtype=False)
+
+
+def test_kpl_aggregated_records_count_every_event_once_across_a_crash(
+        spark: SparkSession, pipeline: Settings) -> None:
+    """The sample as KPL aggregated records, then one whose digest broke on the way: every
+    event is counted, the broken record is quarantined whole. Then the crash that matters:
+    after a batch's sinks wrote, before Spark recorded its commit. The restarted query runs
+    the batch again, its records read anew from Kinesis; their events get the same positions,
+    so the sinks overwrite what they wrote and nothing counts twice."""
+    sent = send(pipeline, COSMETICS, events_per_record=50, aggregate=True)
+    assert sent.records < sent.sent / 40  # aggregated records of up to 50 user records
+    broken = aggregated([_row_json(f"2019-11-01 00:00:0{i} UTC", "broken") for i in range(3)])
+    broken = broken[:-1] + bytes([broken[-1] ^ 0xFF])  # its MD5 digest damaged
+    KinesisWriter(aws.client("kinesis", pipeline), pipeline.kinesis_stream).put(
+        [("broken", broken)])
+    options = StreamOptions(until_idle=True, max_records_per_batch=40)
+    run(pipeline, options, spark)
+    planned, committed = _batches(pipeline)
+    assert planned == committed >= 3
+    commits = Path(pipeline.checkpoint_dir) / "commits"
+    for name in (f"{committed - 1}", f".{committed - 1}.crc"):
+        (commits / name).unlink(missing_ok=True)
+    run(pipeline, options, spark)
+    assert _batches(pipeline) == (planned, committed)  # the last batch ran again, no other
+
+    expected = expected_snapshots(valid_events(COSMETICS), pipeline.session_timeout_s)
+    sessions = archive(pipeline, F.SESSION_VIEW)
+    assert not sessions["event_id"].duplicated().any()
+    assert_same_snapshots(sessions.merge(archive(pipeline, F.SESSION_PRODUCT_VIEW),
+                                         on=[F.SESSION_ID, "event_id", F.EVENT_TIMESTAMP]),
+                          expected)
+    assert sorted(read(pipeline, pipeline.events_uri)["event_id"]) == sorted(expected["event_id"])
+    latest = expected.sort_values(F.EVENT_TIMESTAMP).groupby(F.SESSION_ID).tail(1)
+    got = online(pipeline, F.SESSION_VIEW, ("event_count",),
+                 [{F.SESSION_ID: s} for s in latest[F.SESSION_ID]])
+    assert got["event_count"].tolist() == latest["event_count"].tolist()
+    quarantine = read(pipeline, pipeline.quarantine_uri)
+    assert quarantine[events.REASON].tolist() == ["aggregate_digest_mismatch"]
+    assert base64.b64decode(quarantine[events.PAYLOAD][0]) == broken
+    assert quarantine[events.DETAIL][0] == ("the MD5 digest does not match the protobuf message"
+                                            " (payload: the whole Kinesis record, base64)")
+    assert quarantine["sub_sequence"].tolist() == [0]
 
 
 def _row_json(time: str, session: str) -> bytes:
