@@ -9,19 +9,30 @@ import time
 
 import psutil
 
-from propensity.bench.cpu import DRIVER, EXECUTORS, roles, used
+from propensity.bench.cpu import (
+    DRIVER,
+    EXECUTORS,
+    JVM,
+    PYTHON_MAIN,
+    PYTHON_WORKERS,
+    kind_of,
+    roles,
+    used,
+)
 
 
 def test_cpu_used_between_two_moments_by_role() -> None:
+    jvm, workers = f"{DRIVER}/{JVM}", f"{EXECUTORS}/{PYTHON_WORKERS}"
     samples = [
-        (10.0, {1: (DRIVER, 5.0), 2: (EXECUTORS, 1.0)}),
-        (11.0, {1: (DRIVER, 6.0), 2: (EXECUTORS, 3.0), 3: (EXECUTORS, 0.5)}),
-        (12.0, {1: (DRIVER, 6.5), 3: (EXECUTORS, 2.5)}),  # 2 has ended: it keeps 3.0
+        (10.0, {1: (jvm, 5.0), 2: (workers, 1.0)}),
+        (11.0, {1: (jvm, 6.0), 2: (workers, 3.0), 3: (workers, 0.5)}),
+        (12.0, {1: (jvm, 6.5), 3: (workers, 2.5)}),  # 2 has ended: it keeps 3.0
     ]
-    assert used(samples, DRIVER, 10.0, 12.0) == 1.5
+    assert used(samples, DRIVER, 10.0, 12.0) == used(samples, jvm, 10.0, 12.0) == 1.5
     assert used(samples, EXECUTORS, 10.0, 12.0) == 2.0 + 2.5  # 3 started after t0: from 0
     assert used(samples, EXECUTORS, 10.5, 11.5) == 2.0 + 0.5
     assert used(samples, DRIVER, 0.0, 9.0) == 0.0
+    assert used(samples, f"{DRIVER}/{PYTHON_MAIN}", 10.0, 12.0) == 0.0
 
 
 def test_an_executor_jvm_and_its_children_count_as_executors() -> None:
@@ -36,11 +47,19 @@ def test_an_executor_jvm_and_its_children_count_as_executors() -> None:
     try:
         time.sleep(1.5)
         found = roles(psutil.Process(os.getpid()))
-        assert found[os.getpid()][0] == DRIVER
-        assert found[executor.pid][0] == EXECUTORS
+        assert found[os.getpid()][0] == f"{DRIVER}/{PYTHON_MAIN}"
+        assert found[executor.pid][0] == f"{EXECUTORS}/{PYTHON_MAIN}"
         grandchildren = [p.pid for p in psutil.Process(executor.pid).children()]
-        assert grandchildren and all(found[pid][0] == EXECUTORS for pid in grandchildren)
+        assert grandchildren and all(found[pid][0].startswith(EXECUTORS) for pid in grandchildren)
         assert sum(found[pid][1] for pid in grandchildren) >= 0.25
     finally:
         executor.kill()
         executor.wait()
+
+
+def test_process_kinds_by_command_line() -> None:
+    assert kind_of(["/usr/lib/jvm/bin/java", "-cp", "x", "org.apache.spark.deploy.SparkSubmit"]
+                   ) == JVM
+    assert kind_of(["/venv/bin/python", "-m", "pyspark.daemon", "pyspark.worker"]) == PYTHON_WORKERS
+    assert kind_of(["/venv/bin/python", "-m", "propensity.cli", "stream"]) == PYTHON_MAIN
+    assert kind_of([]) == PYTHON_MAIN

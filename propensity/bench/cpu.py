@@ -22,17 +22,33 @@ DRIVER, EXECUTORS = "driver", "executors"
 _EXECUTOR_MAIN = "CoarseGrainedExecutorBackend"
 
 
+# What a process of the job is, within its role.
+JVM, PYTHON_MAIN, PYTHON_WORKERS = "JVM", "Python main", "Python workers"
+KINDS = (JVM, PYTHON_MAIN, PYTHON_WORKERS)
+
+
+def kind_of(command_line: list[str]) -> str:
+    """A JVM, a Python worker forked by pyspark's daemon (tasks; on the driver also the data
+    source's planner), or another Python process (the job's own driver)."""
+    text = " ".join(command_line)
+    if command_line and command_line[0].endswith("java"):
+        return JVM
+    return PYTHON_WORKERS if "pyspark.daemon" in text or "pyspark.worker" in text else PYTHON_MAIN
+
+
 def roles(root: psutil.Process) -> dict[int, tuple[str, float]]:
-    """{pid: (role, CPU seconds so far)} for `root` and all its descendants."""
+    """{pid: (role, CPU seconds so far)} for `root` and all its descendants; the role is
+    DRIVER or EXECUTORS, followed by "/" and the process's kind."""
     found: dict[int, tuple[str, float]] = {}
     stack = [(root, DRIVER)]
     while stack:
         process, role = stack.pop()
         with contextlib.suppress(psutil.Error):
-            if role == DRIVER and _EXECUTOR_MAIN in " ".join(process.cmdline()):
+            command_line = process.cmdline()
+            if role == DRIVER and _EXECUTOR_MAIN in " ".join(command_line):
                 role = EXECUTORS
             times = process.cpu_times()
-            found[process.pid] = (role, times.user + times.system)
+            found[process.pid] = (f"{role}/{kind_of(command_line)}", times.user + times.system)
             stack.extend((child, role) for child in process.children())
     return found
 
@@ -71,10 +87,12 @@ class CpuTrace:
 
 def used(samples: list[tuple[float, dict[int, tuple[str, float]]]], role: str, t0: float,
          t1: float) -> float:
+    """CPU seconds between t0 and t1 of the processes of `role` (DRIVER, EXECUTORS) or of
+    one kind in it ("driver/JVM")."""
     before = _latest(samples, t0)
     after = _latest(samples, t1)
-    return sum(cpu - before.get(pid, (role, 0.0))[1]
-               for pid, (r, cpu) in after.items() if r == role)
+    return sum(cpu - before.get(pid, (r, 0.0))[1] for pid, (r, cpu) in after.items()
+               if r == role or r.startswith(f"{role}/"))
 
 
 def _latest(samples: list[tuple[float, dict[int, tuple[str, float]]]], at: float

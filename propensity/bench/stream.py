@@ -27,7 +27,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from propensity import aws
 from propensity import features as F
-from propensity.bench.cpu import DRIVER, EXECUTORS, CpuTrace
+from propensity.bench.cpu import DRIVER, EXECUTORS, KINDS, CpuTrace
 from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
@@ -78,9 +78,10 @@ class StreamBenchResult:
             f"  p99 {self.percentile(0.99):.2f} s  max {max(self.freshness_s, default=0):.2f} s"
             f"  (Kinesis -> readable in Redis; {len(self.freshness_s):,} events sampled after a"
             f" {self.warmup_s:.0f} s warm-up, {self.unresolved} never readable)",
-            f"  CPU        driver {self.cpu_per_10k(DRIVER):.2f} s, executors "
-            f"{self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events (Spark master "
-            f"{self.master}; {self.measured_events:,.0f} events after the warm-up)",
+            f"  CPU        driver {self.cpu_per_10k(DRIVER):.2f} s ("
+            + ", ".join(f"{kind} {self.cpu_per_10k(f'{DRIVER}/{kind}'):.2f}" for kind in KINDS)
+            + f"), executors {self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events (Spark "
+            f"master {self.master}; {self.measured_events:,.0f} events after the warm-up)",
             f"  job log    {self.job_log}",
         ])
 
@@ -130,7 +131,7 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
     measured_from, measured_to = started + warmup_s, started + result.processed_s
     result.measured_events = result.sent * max(0.0, 1 - warmup_s / result.send_s)
     result.cpu_s = {role: cpu.used(role, measured_from, measured_to)
-                    for role in (DRIVER, EXECUTORS)}
+                    for role in (DRIVER, EXECUTORS, *(f"{DRIVER}/{kind}" for kind in KINDS))}
     return result
 
 
