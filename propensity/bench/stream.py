@@ -56,6 +56,12 @@ class StreamBenchResult:
     # CPU seconds from the end of the warm-up until the last sample was readable, by role
     cpu_s: dict[str, float] = field(default_factory=dict)
     measured_events: float = 0.0  # events sent after the warm-up
+    measured_s: float = 0.0  # from the end of the warm-up until the last sample was readable
+
+    def cores(self, role: str) -> float:
+        """The role's CPU seconds per second of the measured window."""
+        return (self.cpu_s.get(role, float("nan")) / self.measured_s if self.measured_s
+                else float("nan"))
 
     def cpu_per_10k(self, role: str) -> float:
         return (self.cpu_s.get(role, float("nan")) / self.measured_events * 10_000
@@ -80,8 +86,10 @@ class StreamBenchResult:
             f" {self.warmup_s:.0f} s warm-up, {self.unresolved} never readable)",
             f"  CPU        driver {self.cpu_per_10k(DRIVER):.2f} s ("
             + ", ".join(f"{kind} {self.cpu_per_10k(f'{DRIVER}/{kind}'):.2f}" for kind in KINDS)
-            + f"), executors {self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events (Spark "
-            f"master {self.master}; {self.measured_events:,.0f} events after the warm-up)",
+            + f"), executors {self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events; driver "
+            f"{self.cores(DRIVER):.2f} cores, executors {self.cores(EXECUTORS):.2f} cores busy "
+            f"(Spark master {self.master}; {self.measured_events:,.0f} events in the "
+            f"{self.measured_s:.0f} s after the warm-up)",
             f"  job log    {self.job_log}",
         ])
 
@@ -130,6 +138,7 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
         stack.down()
     measured_from, measured_to = started + warmup_s, started + result.processed_s
     result.measured_events = result.sent * max(0.0, 1 - warmup_s / result.send_s)
+    result.measured_s = max(0.0, measured_to - measured_from)
     result.cpu_s = {role: cpu.used(role, measured_from, measured_to)
                     for role in (DRIVER, EXECUTORS, *(f"{DRIVER}/{kind}" for kind in KINDS))}
     return result
