@@ -27,7 +27,7 @@ from propensity.spark import spark_session
 from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
 from streaming.metrics import CloudWatchMetrics, batch_metrics
 from streaming.parse import PARSED_SCHEMA, parse_batches
-from streaming.sessionize import BUCKETS, OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
+from streaming.sessionize import BUCKETS, SessionizeConfig, sessionize
 from streaming.sinks import MicroBatchSink
 
 log = logging.getLogger("propensity.stream")
@@ -50,12 +50,9 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
     raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
     parsed = raw.mapInArrow(partial(parse_batches, buckets=BUCKETS),
                             from_arrow_schema(PARSED_SCHEMA))
-    # TimeMode None: no timers, no no-data batches; lateness and expiry follow each bucket's
-    # own event-time frontier (see streaming.sessionize).
-    processor = SessionProcessor(SessionizeConfig(settings.session_timeout_s,
-                                                  settings.watermark_delay_s))
-    sessionized = parsed.groupBy("bucket").transformWithState(
-        processor, from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
+    sessionized = sessionize(parsed.groupBy("bucket"),
+                             SessionizeConfig(settings.session_timeout_s,
+                                              settings.watermark_delay_s))
     writer = (sessionized.writeStream.queryName(QUERY_NAME).foreachBatch(sink)
               .option("checkpointLocation", settings.checkpoint_dir))
     if options.until_idle:
