@@ -1,8 +1,12 @@
 """The streaming job: Kinesis -> contract -> per-session state -> lake, archive, Redis.
 
 `run(settings, ...)` builds the Structured Streaming query and runs it, continuously with a
-processing-time trigger, or until everything available has been processed (`until_idle`,
-Spark's available-now trigger) for backfills, tests and the demo. The same entry point runs
+processing-time trigger, or until everything available has been processed (`until_idle`) for
+backfills, tests and the demo. Until idle, the source plans only records that arrived before the
+query started and `run` stops the query once a trigger finds nothing new
+(`processAllAvailable`): Spark's available-now trigger would do the same on PySpark 4.2+, but on
+4.0 (the EMR runtime) a Python source cannot support it and Spark falls back to one batch, which
+after a restart is only the checkpoint's uncommitted batch. The same entry point runs
 locally and as a continuous EMR step (spark-submit, settings from the environment).
 """
 
@@ -46,7 +50,8 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
                 sink: MicroBatchSink) -> StreamingQuery:
     spark.dataSource.register(KinesisDataSource)
     source = SourceOptions.from_settings(settings, starting_position=options.starting_position,
-                                         max_records_per_batch=options.max_records_per_batch)
+                                         max_records_per_batch=options.max_records_per_batch,
+                                         until_idle=options.until_idle)
     raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
     parsed = raw.mapInArrow(partial(parse_batches, buckets=BUCKETS),
                             from_arrow_schema(PARSED_SCHEMA))
@@ -55,10 +60,8 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
                                               settings.watermark_delay_s))
     writer = (sessionized.writeStream.queryName(QUERY_NAME).foreachBatch(sink)
               .option("checkpointLocation", settings.checkpoint_dir))
-    if options.until_idle:
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=f"{options.trigger_s} seconds")
+    trigger_s = 0 if options.until_idle else options.trigger_s
+    writer = writer.trigger(processingTime=f"{trigger_s} seconds")
     return writer.start()
 
 
@@ -123,7 +126,10 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
                                    long_running=True)
     query, listener = start(settings, options, spark)
     try:
-        query.awaitTermination()
+        if options.until_idle:
+            query.processAllAvailable()
+        else:
+            query.awaitTermination()
     finally:
         if query.isActive:
             query.stop()

@@ -216,10 +216,11 @@ def test_sigkill_mid_replay_then_restart_counts_every_event_once(pipeline: Setti
     log = tmp_path / "stream.log"
     job = start_stream_job(pipeline, log, "--max-records-per-batch", "40", trigger_s=0.5)
     # The replay starts once the query runs (its checkpoint metadata exists), however long
-    # Spark takes to start on a busy machine: 4.7 hours of real events at 700x, about 25 s.
+    # Spark takes to start on a busy machine: 4.7 hours of real events at 300x, about 56 s,
+    # since the first batch alone can take 30 s there (its Python workers and state store).
     wait_for(lambda: (Path(pipeline.checkpoint_dir) / "metadata").exists(), timeout_s=180)
     replaying = threading.Thread(target=send, args=(pipeline, COSMETICS),
-                                 kwargs={"speed": 700.0, "events_per_record": 5})
+                                 kwargs={"speed": 300.0, "events_per_record": 5})
     replaying.start()
     try:
         # Kill while a batch is under way (planned, not committed) after two have committed.
