@@ -10,7 +10,17 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test lint lock clean package
+# The deployed runtime's Spark (defined once in deploy/emr/runtime.json, which terraform reads
+# too): the jobs' tests run a second time on its pyspark, in a virtualenv of its own with every
+# other dependency pinned as in constraints.txt.
+EMR_RUNTIME := deploy/emr/runtime.json
+EMR_PYSPARK = $(shell $(PYTHON) -c 'import json; print(json.load(open("$(EMR_RUNTIME)"))["pyspark"])')
+EMR_VENV := .venv-emr
+EMR_STAMP := $(EMR_VENV)/.installed
+EMR_TESTS := tests/test_streaming.py tests/test_kinesis_source.py tests/test_batch.py \
+	tests/test_dataset.py tests/test_spark_versions.py
+
+.PHONY: demo test test-emr lint lock clean package
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +36,23 @@ $(CHECKOV_STAMP): constraints-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install -q --disable-pip-version-check -c constraints-checkov.txt checkov
 	touch $@
 
+# constraints.txt with pyspark at the runtime's version, installed as requirements (pyproject's
+# jobs extra pins the local pyspark), then the project itself without its dependencies.
+$(EMR_STAMP): pyproject.toml constraints.txt $(EMR_RUNTIME)
+	$(PYTHON) -m venv $(EMR_VENV)
+	sed 's/^pyspark==.*/pyspark==$(EMR_PYSPARK)/' constraints.txt > $(EMR_VENV)/requirements.txt
+	grep -qx 'pyspark==$(EMR_PYSPARK)' $(EMR_VENV)/requirements.txt
+	$(EMR_VENV)/bin/pip install -q --disable-pip-version-check -r $(EMR_VENV)/requirements.txt
+	$(EMR_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
 test: $(STAMP) $(CHECKOV_STAMP) lint
 	$(BIN)/pytest -q
+	$(MAKE) test-emr
+
+# The streaming, batch and dataset tests again, on the EMR runtime's pyspark.
+test-emr: $(EMR_STAMP)
+	PROPENSITY_EXPECT_PYSPARK=$(EMR_PYSPARK) $(EMR_VENV)/bin/pytest -q $(EMR_TESTS)
 
 # The deployable artefacts in dist/: the wheel, and in dist/emr what the EMR bootstrap and
 # steps read from the artifacts bucket (aws s3 sync dist/emr <terraform output artifacts_uri>).
@@ -36,6 +61,7 @@ package: $(STAMP)
 	rm -rf dist && mkdir -p dist/emr
 	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w dist/emr .
 	cp constraints.txt deploy/emr/bootstrap.sh deploy/emr/run-step.sh dist/emr/
+	$(BIN)/python deploy/emr/requirements.py > dist/emr/requirements.txt
 	cp dist/emr/propensity-*.whl dist/
 	@ls -1 dist dist/emr
 
@@ -50,4 +76,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .propensity .pytest_cache .ruff_cache dist
+	rm -rf $(VENV) $(CHECKOV_VENV) $(EMR_VENV) .propensity .pytest_cache .ruff_cache dist

@@ -12,6 +12,10 @@ import sys
 from pyspark.sql import SparkSession
 
 ROCKSDB = "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
+# The stateful operator's state server, as Spark 4.1+ and Spark 4.0 (the EMR runtime) name it:
+# it warns on every lookup of a session not yet in state, that is on every new session.
+STATE_SERVERS = tuple(f"org.apache.spark.sql.execution.python.streaming.TransformWithStateIn"
+                      f"{name}StateServer" for name in ("PySpark", "Pandas"))
 
 
 DRIVER_MEMORY = "2g"
@@ -51,9 +55,8 @@ def spark_session(app: str, master: str, long_running: bool = False) -> SparkSes
         .getOrCreate()
     )
     spark.sparkContext.setLogLevel("WARN")
-    # The state server warns on every lookup of a session not yet in state: new sessions.
-    _set_log_level(spark, "org.apache.spark.sql.execution.python.streaming."
-                          "TransformWithStateInPySparkStateServer", "ERROR")
+    for logger in STATE_SERVERS:
+        _set_log_level(spark, logger, "ERROR")
     return spark
 
 

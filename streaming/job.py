@@ -1,8 +1,12 @@
 """The streaming job: Kinesis -> contract -> per-session state -> lake, archive, Redis.
 
 `run(settings, ...)` builds the Structured Streaming query and runs it, continuously with a
-processing-time trigger, or until everything available has been processed (`until_idle`,
-Spark's available-now trigger) for backfills, tests and the demo. The same entry point runs
+processing-time trigger, or until everything available has been processed (`until_idle`) for
+backfills, tests and the demo. Until idle, the source plans only records that arrived before the
+query started and `run` stops the query once a trigger finds nothing new
+(`processAllAvailable`): Spark's available-now trigger would do the same on PySpark 4.2+, but on
+4.0 (the EMR runtime) a Python source cannot support it and Spark falls back to one batch, which
+after a restart is only the checkpoint's uncommitted batch. The same entry point runs
 locally and as a continuous EMR step (spark-submit, settings from the environment).
 """
 
@@ -33,7 +37,7 @@ from streaming.checkpoint import (
 from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
 from streaming.metrics import CloudWatchMetrics, batch_metrics
 from streaming.parse import PARSED_SCHEMA, parse_batches
-from streaming.sessionize import OUTPUT_SCHEMA, SessionizeConfig, SessionProcessor
+from streaming.sessionize import SessionizeConfig, sessionize
 from streaming.sinks import BatchReport, MicroBatchSink
 
 log = logging.getLogger("propensity.stream")
@@ -54,22 +58,18 @@ def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
     # A new checkpoint records this; an existing one keeps its own (streaming.checkpoint).
     spark.conf.set("spark.sql.shuffle.partitions", str(layout.state_partitions))
     source = SourceOptions.from_settings(settings, starting_position=options.starting_position,
-                                         max_records_per_batch=options.max_records_per_batch)
+                                         max_records_per_batch=options.max_records_per_batch,
+                                         until_idle=options.until_idle)
     raw = spark.readStream.format(FORMAT).options(**source.as_options()).load()
     parsed = raw.mapInArrow(partial(parse_batches, buckets=layout.session_buckets),
                             from_arrow_schema(PARSED_SCHEMA))
-    # TimeMode None: no timers, no no-data batches; lateness and expiry follow each bucket's
-    # own event-time frontier (see streaming.sessionize).
-    processor = SessionProcessor(SessionizeConfig(settings.session_timeout_s,
-                                                  settings.watermark_delay_s))
-    sessionized = parsed.groupBy("bucket").transformWithState(
-        processor, from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
+    sessionized = sessionize(parsed.groupBy("bucket"),
+                             SessionizeConfig(settings.session_timeout_s,
+                                              settings.watermark_delay_s))
     writer = (sessionized.writeStream.queryName(QUERY_NAME).foreachBatch(sink)
               .option("checkpointLocation", settings.checkpoint_dir))
-    if options.until_idle:
-        writer = writer.trigger(availableNow=True)
-    else:
-        writer = writer.trigger(processingTime=f"{options.trigger_s} seconds")
+    trigger_s = 0 if options.until_idle else options.trigger_s
+    writer = writer.trigger(processingTime=f"{trigger_s} seconds")
     return writer.start()
 
 
@@ -149,7 +149,10 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
                                    long_running=True)
     query, listener = start(settings, options, spark)
     try:
-        query.awaitTermination()
+        if options.until_idle:
+            query.processAllAvailable()
+        else:
+            query.awaitTermination()
     finally:
         if query.isActive:
             query.stop()

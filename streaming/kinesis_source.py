@@ -10,6 +10,11 @@ driver reads each shard up to the tail (or the read limit) in `latestOffset` and
 records it read to the tasks inside their partitions, so nothing is read twice; a partition
 planned without them (after a restart) reads its range from Kinesis itself.
 
+Until idle (`until_idle`, the job's `--until-idle`), only records that arrived before the query
+started are planned, so the job can stop once a trigger finds nothing new. The read limit
+(`max_records_per_batch`) is applied by this source itself, the same on every PySpark the job
+runs on (4.0 has no admission control for Python sources; see `latestOffset`).
+
 Each row is one event: a record carrying several events (newline-delimited, or the user records
 of a KPL aggregated record: propensity/kpl.py) becomes several rows that share the record's
 shard, sequence number and arrival time, numbered in order by `sub_sequence`; so (sequence
@@ -41,12 +46,6 @@ import pyarrow as pa
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.pandas.types import from_arrow_schema
-from pyspark.sql.streaming.datasource import (
-    ReadAllAvailable,
-    ReadLimit,
-    ReadMaxRows,
-    SupportsTriggerAvailableNow,
-)
 from pyspark.sql.types import StructType
 
 from propensity import aws, events, kpl
@@ -113,6 +112,7 @@ class SourceOptions:
     secret_access_key: str = ""
     starting_position: str = "TRIM_HORIZON"  # or LATEST
     max_records_per_batch: int = 0  # 0: all that is available
+    until_idle: bool = False  # records arriving after the query started wait for a later run
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SourceOptions:
@@ -131,6 +131,8 @@ class SourceOptions:
         names = {f: options[f] for f in cls.__dataclass_fields__ if f in options}
         if "max_records_per_batch" in names:
             names["max_records_per_batch"] = int(names["max_records_per_batch"])
+        if "until_idle" in names:
+            names["until_idle"] = names["until_idle"] == "True"
         return cls(**names)
 
     def settings(self) -> Settings:
@@ -163,14 +165,17 @@ class ShardRange(InputPartition):
     records: list[tuple[str, float, bytes]] | None  # (sequence, arrival epoch s, data)
 
 
-class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+class KinesisStreamReader(DataSourceStreamReader):
     def __init__(self, options: SourceOptions) -> None:
         self.options = options
         self._client: Any = None
         self._cache: dict[tuple[str, str], tuple[str, list]] = {}
         self._iterators: dict[str, tuple[str, str]] = {}  # shard -> (position key, iterator)
-        self._cutoff: float | None = None
+        # Until idle, the planner (made when the query starts) reads what arrived before now.
+        self._cutoff: float | None = time.time() if options.until_idle else None
         self._identity: StreamIdentity | None = None  # the live stream's, read once
+        self._initial: dict | None = None
+        self._planned: dict | None = None  # the latest offset Spark was given or told of
 
     def __getstate__(self) -> dict:  # tasks get the options only, never clients or caches
         return {"options": self.options}
@@ -187,6 +192,13 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     # -- planning (driver) ----------------------------------------------------------------
 
     def initialOffset(self) -> dict:
+        """The same offset on every call: Spark asks for it when planning a new query's first
+        batch and again when running it."""
+        if self._initial is None:
+            self._initial = self._first_offset()
+        return self._initial
+
+    def _first_offset(self) -> dict:
         if self.options.starting_position == "LATEST":
             start: Position = {"start": "AT_TIMESTAMP", "ts": time.time()}
         elif self.options.starting_position == "TRIM_HORIZON":
@@ -214,25 +226,27 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             raise CheckpointStreamMismatch(recorded, current)
         return current
 
-    def getDefaultReadLimit(self) -> ReadLimit:
-        if self.options.max_records_per_batch > 0:
-            return ReadMaxRows(self.options.max_records_per_batch)
-        return ReadAllAvailable()
+    def latestOffset(self, start: dict | None = None, limit: Any = None) -> dict:
+        """The end of the next batch: every readable shard read to its tail, or to its share of
+        `max_records_per_batch`.
 
-    def prepareForTriggerAvailableNow(self) -> None:
-        self._cutoff = time.time()
-
-    def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
+        One signature for both PySpark APIs (tests/test_spark_versions.py pins how each calls
+        it): 4.2+ sees the parameters, treats the source as admission-controlled and passes
+        the start (the previous batch's end) and its read limit (ReadAllAvailable, the default
+        this reader keeps); 4.0 passes neither, so the start is the offset this reader last
+        planned or was told of. The read limit is this source's own option on both."""
+        start = start if start is not None else self._planned or self.initialOffset()
         identity = self._check_stream(start)
         shards = self._readable_shards(start)
-        budget = (limit.max_rows // max(1, len(shards))
-                  if isinstance(limit, ReadMaxRows) else None)
+        budget = (self.options.max_records_per_batch // max(1, len(shards))
+                  if self.options.max_records_per_batch > 0 else None)
         end: dict[str, Position] = {}
         for shard_id, (position, closed_at) in shards.items():
             end[shard_id] = self._advance(shard_id, position, closed_at, budget)
         for shard_id, position in start["shards"].items():
             end.setdefault(shard_id, position)  # done shards stay in the offset
-        return {"shards": end, "new_shards": start["new_shards"], "stream": identity}
+        self._planned = {"shards": end, "new_shards": start["new_shards"], "stream": identity}
+        return self._planned
 
     def _readable_shards(self, start: dict) -> dict[str, tuple[Position, str | None]]:
         """Shards to read now: those in progress, and new ones whose parents are done."""
@@ -300,9 +314,11 @@ class KinesisStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: dict, end: dict) -> list[ShardRange]:
         # A restart first re-plans the checkpoint's last uncommitted batch, before any
-        # latestOffset call: its offsets are checked here.
+        # latestOffset call: its offsets are checked here. PySpark 4.0 also tells a restarted
+        # reader the checkpoint's latest offset this way, as an empty range (end, end).
         self._check_stream(start)
         self._check_stream(end)
+        self._planned = end
         ranges = []
         for shard_id, end_position in end["shards"].items():
             start_position = start["shards"].get(shard_id) or dict(start["new_shards"])

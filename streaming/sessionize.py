@@ -1,13 +1,19 @@
 """The stateful step: per-session feature state in Spark's state store (RocksDB).
 
-It runs PySpark's arbitrary stateful operator `transformWithState`, grouped by a stable hash
-bucket of the session id, with a `MapState` keyed by session id inside each bucket. Why buckets:
-with real clickstream nearly every event of a micro-batch belongs to a different session (REES46
-gaps within a session: median 33 s), and the operator's fixed cost per group (implicit-key and
-state calls to the JVM) dominated when grouping by session. Measured on this machine, per
-session per batch, grouped by session: 0.40 ms with applyInPandasWithState, 1.1 ms with
-transformWithStateInPandas, 0.26 ms with transformWithState; grouped by bucket, 0.10 ms with
-transformWithState (README, "Why this stateful operator").
+It runs PySpark's arbitrary stateful operator `transformWithStateInPandas`, grouped by a stable
+hash bucket of the session id, with a `MapState` keyed by session id inside each bucket. Why
+buckets: with real clickstream nearly every event of a micro-batch belongs to a different
+session (REES46 gaps within a session: median 33 s), and the operator's fixed cost per group
+(implicit-key and state calls to the JVM) dominated when grouping by session (earlier figures,
+grouped by session: 0.40 ms per session per batch with applyInPandasWithState, 1.1 ms with
+transformWithStateInPandas, 0.26 ms with transformWithState). Why this operator: it is the one
+that exists on both Sparks the job runs on, the local pin (4.3) and the EMR runtime's (4.0, which
+has no row-based transformWithState), and grouped by bucket it costs what the row-based one does
+on 4.3 (README, "Why this stateful operator"; propensity/bench/operator.py measures both).
+
+The fold itself, `sessionize_bucket`, is a function of a bucket's events, its sessions (anything
+with MapState's calls) and its clock, so the benchmark runs exactly the job's fold under each
+operator.
 
 For each bucket and micro-batch, events are put in event-time order per session (ties by Kinesis
 sequence), folded with propensity.features' `SessionAccumulator` (the same fold that training
@@ -18,7 +24,7 @@ Lateness: each bucket keeps its event-time frontier in state (the latest event t
 seen); its watermark is the frontier minus the allowed delay, as of the start of the batch. An
 event older than that comes out as a `late` row. Spark's own watermark would not do: the
 operator only sees it in ProcessingTime or EventTime mode, and the first runs a no-data batch
-on every trigger forever (so available-now never ends) while the second drops late rows before
+on every trigger forever (so an until-idle run never ends) while the second drops late rows before
 the processor without a trace (both measured). Sessions spread evenly over buckets, so every
 bucket's frontier follows the stream's; and unlike Spark's, it survives restarts.
 
@@ -31,13 +37,15 @@ after a gap longer than the timeout anyway: expiry frees memory, it never change
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+import pandas as pd
 import pyarrow as pa
-from pyspark.sql import Row
+from pyspark.sql import DataFrame, GroupedData
+from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
@@ -57,7 +65,6 @@ OUTPUT_SCHEMA = pa.schema([
     ("record", pa.binary()),
     *FEATURE_FIELDS,
 ])
-_OutputRow = Row(*OUTPUT_SCHEMA.names)
 _NO_FEATURES = (None,) * len(FEATURE_FIELDS)
 
 # Positions in a packed event record of the fold's inputs and of the ordering tie-breakers.
@@ -97,7 +104,83 @@ class SessionizeConfig:
         return self.watermark_delay_s * 1_000_000
 
 
+class SessionStore(Protocol):
+    """What the fold needs of a bucket's sessions: the part of Spark's MapState it uses, keyed
+    by (session id,), valued (last event time in us, packed accumulator)."""
+
+    def getValue(self, key: tuple) -> tuple | None: ...
+
+    def updateValue(self, key: tuple, value: tuple) -> None: ...
+
+    def iterator(self) -> Iterator[tuple[tuple, tuple]]: ...
+
+    def removeKey(self, key: tuple) -> None: ...
+
+
+Clock = tuple[int, int]  # (frontier_us, last_scan_us) of a bucket
+
+
+def sessionize_bucket(config: SessionizeConfig, bucket: int,
+                      events: Iterable[tuple[str | None, bytes]], sessions: SessionStore,
+                      clock: Clock | None) -> tuple[list[tuple], Clock | None]:
+    """One bucket's micro-batch: (user_session, record) pairs in, output rows (in
+    OUTPUT_SCHEMA order, times in us) and the bucket's new clock out; `sessions` is updated
+    in place. The invalid bucket has no clock (None in, None out)."""
+    if bucket == INVALID_BUCKET:
+        return [(INVALID, None, None, record, *_NO_FEATURES) for _, record in events], None
+    frontier_us, last_scan_us = clock if clock else (0, 0)
+    watermark_us = frontier_us - config.delay_us if frontier_us else 0
+    by_session: dict[str, list[tuple[list, bytes]]] = {}
+    for session_id, record in events:
+        values = orjson.loads(record)
+        frontier_us = max(frontier_us, values[0])
+        by_session.setdefault(session_id, []).append((values, record))
+    out: list[tuple] = []
+    for session_id, items in by_session.items():
+        out.extend(_fold(config, sessions, session_id, items, watermark_us))
+    # Expiry may use the watermark as of the end of the batch: no event that is not late
+    # from now on can continue a session idle for longer than the timeout.
+    watermark_us = frontier_us - config.delay_us
+    if watermark_us - last_scan_us >= config.scan_interval_s * 1_000_000:
+        _expire(config, sessions, watermark_us)
+        last_scan_us = watermark_us
+    return out, (frontier_us, last_scan_us)
+
+
+def _fold(config: SessionizeConfig, sessions: SessionStore, session_id: str,
+          items: list[tuple[list, bytes]], watermark_us: int) -> Iterator[tuple]:
+    on_time = []
+    for values, record in items:
+        if values[0] < watermark_us:
+            yield (LATE, session_id, None, record, *_NO_FEATURES)
+        else:
+            on_time.append((values, record))
+    if not on_time:
+        return
+    on_time.sort(key=lambda item: (item[0][0], len(item[0][_SEQUENCE]),
+                                   item[0][_SEQUENCE], item[0][_SUB_SEQUENCE]))
+    stored = sessions.getValue((session_id,))
+    acc = F.SessionAccumulator.from_bytes(stored[1]) if stored else None
+    fold_inputs = [tuple(values[i] for i in _FOLD_FIELDS) for values, _ in on_time]
+    for folded, position, snapshot_us in F.fold_session(acc, fold_inputs, config.timeout_us):
+        acc = folded
+        yield (SNAPSHOT, session_id, snapshot_us, on_time[position][1],
+               *folded.session_values(), *folded.product_values(fold_inputs[position][2]))
+    if acc is not None:
+        sessions.updateValue((session_id,), (acc.last_us, acc.to_bytes()))
+
+
+def _expire(config: SessionizeConfig, sessions: SessionStore, watermark_us: int) -> None:
+    horizon_us = watermark_us - config.timeout_us
+    expired = [key for key, value in sessions.iterator() if value[0] < horizon_us]
+    for key in expired:
+        sessions.removeKey(key)
+
+
 class SessionProcessor(StatefulProcessor):
+    """The fold as transformWithStateInPandas's processor: a bucket's frames in, one frame
+    out, its sessions in a MapState and its clock in a ValueState."""
+
     def __init__(self, config: SessionizeConfig) -> None:
         self.config = config
 
@@ -105,59 +188,40 @@ class SessionProcessor(StatefulProcessor):
         self.sessions = handle.getMapState("sessions", _SESSION_KEY, _SESSION_VALUE)
         self.clock = handle.getValueState("clock", _CLOCK)
 
-    def handleInputRows(self, key: tuple, rows: Iterator[Any],
-                        timerValues: Any) -> Iterator[Row]:
-        if key[0] == INVALID_BUCKET:
-            for row in rows:
-                yield _OutputRow(INVALID, None, None, row.record, *_NO_FEATURES)
-            return
-        clock = self.clock.get()
-        frontier_us, last_scan_us = clock if clock else (0, 0)
-        watermark_us = frontier_us - self.config.delay_us if frontier_us else 0
-        by_session: dict[str, list[tuple[list, bytes]]] = {}
-        for row in rows:
-            values = orjson.loads(row.record)
-            frontier_us = max(frontier_us, values[0])
-            by_session.setdefault(row.user_session, []).append((values, row.record))
-        for session_id, items in by_session.items():
-            yield from self._fold(session_id, items, watermark_us)
-        # Expiry may use the watermark as of the end of the batch: no event that is not late
-        # from now on can continue a session idle for longer than the timeout.
-        watermark_us = frontier_us - self.config.delay_us
-        if watermark_us - last_scan_us >= self.config.scan_interval_s * 1_000_000:
-            self._expire(watermark_us)
-            last_scan_us = watermark_us
-        self.clock.update((frontier_us, last_scan_us))
+    def handleInputRows(self, key: tuple, rows: Iterator[pd.DataFrame],
+                        timerValues: Any) -> Iterator[pd.DataFrame]:
+        pairs = ((session, record) for frame in rows
+                 for session, record in zip(frame["user_session"], frame["record"],
+                                            strict=True))
+        yield output_frame(self.fold(key[0], pairs))
 
-    def _fold(self, session_id: str, items: list[tuple[list, bytes]],
-              watermark_us: int) -> Iterator[Row]:
-        on_time = []
-        for values, record in items:
-            if values[0] < watermark_us:
-                yield _OutputRow(LATE, session_id, None, record, *_NO_FEATURES)
-            else:
-                on_time.append((values, record))
-        if not on_time:
-            return
-        on_time.sort(key=lambda item: (item[0][0], len(item[0][_SEQUENCE]),
-                                       item[0][_SEQUENCE], item[0][_SUB_SEQUENCE]))
-        stored = self.sessions.getValue((session_id,))
-        acc = F.SessionAccumulator.from_bytes(stored[1]) if stored else None
-        fold_inputs = [tuple(values[i] for i in _FOLD_FIELDS) for values, _ in on_time]
-        for folded, position, snapshot_us in F.fold_session(acc, fold_inputs,
-                                                            self.config.timeout_us):
-            acc = folded
-            yield _OutputRow(SNAPSHOT, session_id, snapshot_us, on_time[position][1],
-                             *folded.session_values(),
-                             *folded.product_values(fold_inputs[position][2]))
-        if acc is not None:
-            self.sessions.updateValue((session_id,), (acc.last_us, acc.to_bytes()))
-
-    def _expire(self, watermark_us: int) -> None:
-        horizon_us = watermark_us - self.config.timeout_us
-        expired = [key for key, value in self.sessions.iterator() if value[0] < horizon_us]
-        for key in expired:
-            self.sessions.removeKey(key)
+    def fold(self, bucket: int, pairs: Iterable[tuple[str | None, bytes]]) -> list[tuple]:
+        """sessionize_bucket on this bucket's state, its clock written back."""
+        out, clock = sessionize_bucket(self.config, bucket, pairs, self.sessions,
+                                       self.clock.get())
+        if clock is not None:
+            self.clock.update(clock)
+        return out
 
     def close(self) -> None:
         pass
+
+
+def sessionize(grouped: GroupedData, config: SessionizeConfig) -> DataFrame:
+    """The stateful step on the contract stage's rows grouped by bucket. TimeMode None: no
+    timers, no no-data batches; lateness and expiry follow each bucket's own frontier."""
+    return grouped.transformWithStateInPandas(SessionProcessor(config),
+                                              from_arrow_schema(OUTPUT_SCHEMA), "Append", "None")
+
+
+_TIMESTAMP_COLUMNS = {f.name for f in OUTPUT_SCHEMA if pa.types.is_timestamp(f.type)}
+
+
+def output_frame(rows: list[tuple]) -> pd.DataFrame:
+    """Output rows (times in us) as the frame Spark converts to OUTPUT_SCHEMA: object
+    columns, so nullable integers stay exact; timestamps as UTC datetimes."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(OUTPUT_SCHEMA)
+    return pd.DataFrame({
+        name: (pd.to_datetime(pd.Series(column, dtype="Int64"), unit="us", utc=True)
+               if name in _TIMESTAMP_COLUMNS else pd.Series(column, dtype=object))
+        for name, column in zip(OUTPUT_SCHEMA.names, columns, strict=True)})

@@ -8,7 +8,11 @@
 # nodes) is small for a job that runs minutes a day on a cluster that ends with its step.
 
 locals {
-  artifacts = "s3://${aws_s3_bucket.data["artifacts"].bucket}/propensity/${var.package_version}"
+  # The EMR runtime, defined once in deploy/emr/runtime.json: its release label here, its
+  # pyspark version for the tests that run a second time on it (make test). Not a variable:
+  # the jobs are tested on exactly this release's Spark.
+  emr_runtime = jsondecode(file("${path.module}/../deploy/emr/runtime.json"))
+  artifacts   = "s3://${aws_s3_bucket.data["artifacts"].bucket}/propensity/${var.package_version}"
   # Bootstrap: installs the wheel and writes the settings (Redis from Secrets Manager).
   bootstrap = {
     Name = "install propensity ${var.package_version}"
@@ -168,7 +172,7 @@ resource "aws_emr_security_configuration" "encrypted" {
 
 resource "aws_emr_cluster" "streaming" {
   name                              = "${var.name}-streaming"
-  release_label                     = var.emr_release
+  release_label                     = local.emr_runtime.release_label
   applications                      = ["Spark"]
   service_role                      = aws_iam_role.emr_service.arn
   security_configuration            = aws_emr_security_configuration.encrypted.name
@@ -269,7 +273,7 @@ resource "aws_scheduler_schedule" "daily_batch" {
     role_arn = aws_iam_role.scheduler.arn
     input = jsonencode({
       Name                  = "${var.name}-daily-batch"
-      ReleaseLabel          = var.emr_release
+      ReleaseLabel          = local.emr_runtime.release_label
       Applications          = [{ Name = "Spark" }]
       ServiceRole           = aws_iam_role.emr_service.arn
       JobFlowRole           = aws_iam_instance_profile.batch_nodes.arn

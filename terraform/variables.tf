@@ -61,12 +61,6 @@ variable "redis_replicas" {
   default     = 1
 }
 
-variable "emr_release" {
-  description = "EMR release (Spark 3.5+, Python 3.11 via the bootstrap)."
-  type        = string
-  default     = "emr-7.5.0"
-}
-
 variable "emr_instance_type" {
   description = "Instance type of the EMR primary and core nodes."
   type        = string

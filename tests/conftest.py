@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,23 @@ def pytest_configure(config: pytest.Config) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+def _pyspark() -> str:
+    try:
+        return f"pyspark {importlib.metadata.version('pyspark')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "pyspark: not installed"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which Spark this run is on (`make test` runs the jobs' tests on two)."""
+    return _pyspark()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The same at the end, which `-q` keeps."""
+    terminalreporter.write_line(f"ran on {_pyspark()}")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import re
 import shutil
 import subprocess
@@ -14,6 +16,8 @@ from urllib.parse import urlparse
 import hcl2
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from propensity.cli import _parser
 from propensity.settings import Settings
@@ -157,7 +161,7 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
     emr = ROOT / "dist" / "emr"
     (wheel,) = emr.glob("propensity-*.whl")
     assert {p.name for p in emr.iterdir()} == {wheel.name, "constraints.txt", "bootstrap.sh",
-                                              "run-step.sh"}
+                                              "run-step.sh", "requirements.txt"}
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         assert {"streaming/job.py", "batch/job.py", "serving/app.py", "training/train.py",
@@ -178,3 +182,66 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
     usage = subprocess.run(["bash", str(emr / "run-step.sh"), "nonsense"], capture_output=True,
                            text=True, env={"PATH": "/usr/bin:/bin"})
     assert usage.returncode == 2 and "usage: run-step.sh stream|batch" in usage.stderr
+
+    # The cluster's Spark provides pyspark: the bootstrap installs the wheel without its
+    # dependencies, then everything the jobs need except pyspark, pinned by the constraints.
+    requirements = (emr / "requirements.txt").read_text().split()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert requirements == [r for r in (*project["dependencies"],
+                                        *project["optional-dependencies"]["jobs"])
+                            if Requirement(r).name != "pyspark"]
+    assert "pyspark" not in _closure(requirements)
+    assert 'pip install -q --no-deps "$wheel"' in bootstrap
+    assert '-c "$work/constraints.txt" -r "$work/requirements.txt"' in bootstrap
+    assert "[jobs]" not in bootstrap
+    for named in ("Kinesis source", "EMRFS", "RocksDBStateStoreProvider", "checkpoints on S3",
+                  "runtime.json"):
+        assert named in bootstrap, named
+    # ... and the steps run on it: its spark-submit, on YARN, the entry point found by path
+    # (importing it would need pyspark outside spark-submit).
+    assert "SPARK_SUBMIT=/usr/bin/spark-submit" in wrapper
+    assert wrapper.count('"$SPARK_SUBMIT" --master yarn') == 2
+    assert re.search(r"^\s*spark-submit ", wrapper, re.MULTILINE) is None
+    assert "find_spec" in wrapper and "import $1" not in wrapper
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """Every distribution the requirements pull in, as installed here (markers and extras
+    followed)."""
+    seen: set[tuple[str, frozenset]] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        for text in importlib.metadata.requires(requirement.name) or []:
+            dependency = Requirement(text)
+            extras = requirement.extras or {""}
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e})
+                                                for e in extras):
+                todo.append(dependency)
+    return {name for name, _ in seen}
+
+
+EMR_RUNTIME = ROOT / "deploy" / "emr" / "runtime.json"
+
+
+def test_terraform_and_the_tests_use_one_emr_runtime() -> None:
+    """deploy/emr/runtime.json is the one definition: terraform's release label for both
+    clusters, the Makefile's pyspark for the second test run (tests/test_spark_versions.py
+    checks that run is on it)."""
+    runtime = json.loads(EMR_RUNTIME.read_text())
+    # EMR on EC2's labels: emr-7.5.0 (Spark 3.5), emr-spark-8.0.0 (Spark 4.0.2).
+    assert re.fullmatch(r"emr-(spark-)?\d+\.\d+\.\d+", runtime["release_label"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", runtime["pyspark"])
+    assert "emr_release" not in {label for label, _ in _blocks("variable")}
+    assert dict(_blocks("locals"))["emr_runtime"] == (
+        '${jsondecode(file("${path.module}/../deploy/emr/runtime.json"))}')
+    emr_tf = (ROOT / "terraform" / "emr.tf").read_text()
+    assert re.findall(r"(?i)release_?label\s*=\s*(\S+)", emr_tf) == [
+        "local.emr_runtime.release_label"] * 2
+    makefile = (ROOT / "Makefile").read_text()
+    assert "EMR_RUNTIME := deploy/emr/runtime.json" in makefile
+    assert '["pyspark"]' in makefile and "PROPENSITY_EXPECT_PYSPARK=$(EMR_PYSPARK)" in makefile

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pyspark.sql.streaming.datasource import ReadAllAvailable
 
 from propensity import aws
 from propensity.settings import Settings
@@ -45,7 +44,7 @@ def test_offsets_carry_the_stream_and_another_streams_are_refused(stack: Setting
     reader = _reader(stream)
     initial = reader.initialOffset()
     assert initial["stream"] == _identity(stream)
-    latest = reader.latestOffset(initial, ReadAllAvailable())
+    latest = reader.latestOffset(initial)
     assert latest["stream"] == initial["stream"]
     assert sum(len(r.records or []) for r in reader.partitions(initial, latest)) == 20
 
@@ -54,7 +53,7 @@ def test_offsets_carry_the_stream_and_another_streams_are_refused(stack: Setting
     other = with_fresh_stream(stack, shards=2)
     _put(other, 5)
     with pytest.raises(CheckpointStreamMismatch) as refused:
-        _reader(other).latestOffset(latest, ReadAllAvailable())
+        _reader(other).latestOffset(latest)
     message = str(refused.value)
     assert message.startswith(f"this checkpoint was written for stream {initial['stream']['arn']}"
                               " created 20")
@@ -70,7 +69,7 @@ def test_offsets_carry_the_stream_and_another_streams_are_refused(stack: Setting
     aws.ensure_stream(stream)
     assert _identity(stream)["arn"] == initial["stream"]["arn"]
     with pytest.raises(CheckpointStreamMismatch) as refused:
-        _reader(stream).latestOffset(latest, ReadAllAvailable())
+        _reader(stream).latestOffset(latest)
     assert refused.value.recorded == initial["stream"]
     assert refused.value.current == _identity(stream) != initial["stream"]
 
@@ -79,16 +78,43 @@ def test_offsets_from_before_the_stream_was_recorded_are_accepted(stream: Settin
     _put(stream, 10)
     reader = _reader(stream)
     old_initial = {k: v for k, v in reader.initialOffset().items() if k != "stream"}
-    old_latest = {k: v for k, v in reader.latestOffset(old_initial, ReadAllAvailable()).items()
+    old_latest = {k: v for k, v in reader.latestOffset(old_initial).items()
                   if k != "stream"}
     _put(stream, 5)
     restarted = _reader(stream)  # a new query run on the old checkpoint
     assert restarted.partitions(old_initial, old_latest)  # re-planned from Kinesis
-    latest = restarted.latestOffset(old_latest, ReadAllAvailable())
+    latest = restarted.latestOffset(old_latest)
     assert latest["stream"] == _identity(stream)  # recorded from then on
     ranges = restarted.partitions(old_latest, latest)
     assert sum(len(r.records or []) for r in ranges) == 5
     restarted.commit(latest)
+
+
+def _records(ranges: list) -> int:
+    return sum(len(r.records or []) for r in ranges)
+
+
+def test_called_bare_as_pyspark_4_0_calls_it_the_reader_keeps_its_own_start(
+        stream: Settings) -> None:
+    """PySpark 4.0 calls latestOffset() without a start or a read limit: the reader goes on
+    from the offset it last planned, or, restarted, the one Spark tells it of as an empty
+    range; max_records_per_batch bounds every batch all the same."""
+    _put(stream, 20)
+    reader = KinesisStreamReader(SourceOptions.from_settings(stream, max_records_per_batch=10))
+    start, planned = reader.initialOffset(), 0
+    while (end := reader.latestOffset()) != start:
+        batch = _records(reader.partitions(start, end))
+        assert 0 < batch <= 10
+        planned += batch
+        reader.commit(end)
+        start = end
+    assert planned == 20
+    assert reader.initialOffset() == reader.initialOffset()  # asked twice for a new query
+
+    restarted = _reader(stream)
+    assert restarted.partitions(end, end) == []  # Spark 4.0's setLatestSeenOffset
+    _put(stream, 5)
+    assert _records(restarted.partitions(end, restarted.latestOffset())) == 5
 
 
 def _stream_job(settings: Settings) -> subprocess.CompletedProcess:

@@ -1,6 +1,7 @@
 #!/bin/bash
 # EMR step wrapper (terraform/emr.tf). The settings come from spark-env (EMR configuration),
-# the Redis connection string from the file the bootstrap wrote.
+# the Redis connection string from the file the bootstrap wrote. The jobs run on the cluster's
+# own Spark (/usr/bin/spark-submit, YARN), which also provides pyspark to Python 3.11.
 #   run-step.sh stream   the streaming job; restarted from its checkpoint when it stops,
 #                        with backoff, so a crash or a Redis failover does not end the step
 #   run-step.sh batch [DATE]  the daily batch for DATE (default: the day that just ended, UTC)
@@ -18,13 +19,15 @@ source /usr/local/propensity/secret.env
 set +a
 export PYSPARK_PYTHON=/usr/bin/python3.11
 
-entry() { python3.11 -c "import $1 as m; print(m.__file__)"; }
+SPARK_SUBMIT=/usr/bin/spark-submit
+# The module's file, found without importing it: pyspark is only importable under spark-submit.
+entry() { python3.11 -c "import importlib.util as u; print(u.find_spec('$1').origin)"; }
 
 case "${1:-}" in
   stream)
     attempt=0
     while true; do
-      spark-submit --master yarn --deploy-mode client "$(entry streaming.job)" && exit 0
+      "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry streaming.job)" && exit 0
       attempt=$((attempt + 1))
       delay=$((attempt < 6 ? 2 ** attempt : 60))
       echo "streaming job stopped (attempt $attempt); restarting from its checkpoint in ${delay}s" >&2
@@ -32,7 +35,7 @@ case "${1:-}" in
     done
     ;;
   batch)
-    exec spark-submit --master yarn --deploy-mode client "$(entry batch.job)" \
+    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry batch.job)" \
       --as-of "${2:-$(date -u -d yesterday +%F)}"
     ;;
 esac
