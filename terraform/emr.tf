@@ -31,6 +31,8 @@ locals {
     PROPENSITY_FEAST_REGISTRY = "s3://${aws_s3_bucket.data["features"].bucket}/feast/registry.db"
     PROPENSITY_CHECKPOINT_DIR = "s3://${aws_s3_bucket.data["checkpoints"].bucket}/streaming"
     PROPENSITY_SPARK_MASTER   = ""
+    # The streaming cluster's cores unless set: each state partition is one task per batch.
+    PROPENSITY_STREAM_STATE_PARTITIONS = tostring(var.stream_state_partitions > 0 ? var.stream_state_partitions : var.emr_core_count * data.aws_ec2_instance_type.emr.default_vcpus)
   }
   emr_configurations = [{
     Classification = "spark-env"
@@ -39,6 +41,11 @@ locals {
       Properties     = merge(local.node_settings, { PYSPARK_PYTHON = "/usr/bin/python3.11" })
     }]
   }]
+}
+
+# The vCPUs of the EMR nodes' instance type: the streaming job's default state partitions.
+data "aws_ec2_instance_type" "emr" {
+  instance_type = var.emr_instance_type
 }
 
 resource "aws_iam_role" "emr_service" {

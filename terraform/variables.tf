@@ -73,6 +73,12 @@ variable "emr_core_count" {
   default     = 2
 }
 
+variable "stream_state_partitions" {
+  description = "Tasks of the streaming job's stateful step (PROPENSITY_STREAM_STATE_PARTITIONS), recorded with its checkpoint when the checkpoint is created and kept for its life; 0: the streaming cluster's cores (core nodes x the instance type's vCPUs). Size it for the cluster the stream will grow to: more core nodes later cannot add state partitions to a checkpoint."
+  type        = number
+  default     = 0
+}
+
 variable "batch_core_count" {
   description = "Core nodes of each day's transient batch cluster."
   type        = number
