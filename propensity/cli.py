@@ -514,7 +514,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace) -> int:
     from pyspark.errors import StreamingQueryException
 
-    from streaming.checkpoint import CheckpointLayoutMismatch
+    from streaming.checkpoint import CheckpointRefused
     from streaming.job import StreamOptions, run
     from streaming.kinesis_source import CheckpointStreamMismatch
 
@@ -524,7 +524,7 @@ def _stream(args: argparse.Namespace) -> int:
         run(settings, StreamOptions(trigger_s=args.trigger, until_idle=args.until_idle,
                                     starting_position=args.starting_position,
                                     max_records_per_batch=args.max_records_per_batch))
-    except CheckpointLayoutMismatch as exc:
+    except CheckpointRefused as exc:
         print(f"propensity: error: {exc}", file=sys.stderr)
         return 2
     except StreamingQueryException as exc:

@@ -9,7 +9,10 @@
   session asks later, and a session is looked up in bucket crc32(id) % buckets, so another
   count would look sessions up in buckets that do not hold them. A setting that asks for other
   values than the checkpoint's is a one-line error (`CheckpointLayoutMismatch`), not wrong
-  state; a setting left at 0 (auto) takes the checkpoint's.
+  state; a setting left at 0 (auto) takes the checkpoint's. A checkpoint with state but no
+  layout file was made by a job from before the layout was recorded, whose stateful operator
+  (row-based transformWithState) kept its state in another form: refused in one line too
+  (`CheckpointFromEarlierJob`).
 
 The directory is a local folder or s3://bucket/prefix (EMR).
 """
@@ -39,11 +42,22 @@ class Layout:
     session_buckets: int
 
 
-# What every checkpoint created before the layout was recorded used (the values were fixed).
-LEGACY_LAYOUT = Layout(state_partitions=2, session_buckets=64)
+class CheckpointRefused(RuntimeError):
+    """The job cannot go on from this checkpoint; the message says why and what to do."""
 
 
-class CheckpointLayoutMismatch(RuntimeError):
+class CheckpointFromEarlierJob(CheckpointRefused):
+    """The checkpoint was written by a job whose state this one cannot read."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__(
+            f"checkpoint {directory} was written by an earlier version of the streaming job, "
+            f"whose stateful operator kept its state in another form: start a new checkpoint "
+            f"(PROPENSITY_CHECKPOINT_DIR; move this one aside) and replay from the stream's "
+            f"start or the lake if the sessions in flight matter")
+
+
+class CheckpointLayoutMismatch(CheckpointRefused):
     """The settings ask for another parallelism than the checkpoint was created with."""
 
     def __init__(self, directory: str, recorded: Layout, requested: Layout) -> None:
@@ -139,13 +153,15 @@ class Checkpoint:
         return json.loads(text.splitlines()[0])["id"].replace("-", "")[:8] + "-"
 
     def recorded_layout(self) -> Layout | None:
-        """The layout the checkpoint keeps: its layout file, the legacy values for a checkpoint
-        with state but no file, None for a checkpoint without state yet (Spark has not written
-        its metadata: nothing is fixed)."""
+        """The layout the checkpoint keeps (its layout file), or None for a checkpoint without
+        state yet (Spark has not written its metadata: nothing is fixed). Raises
+        CheckpointFromEarlierJob for state without a layout file."""
         if self.read(SPARK_METADATA) is None:
             return None
         text = self.read(LAYOUT_FILE)
-        return LEGACY_LAYOUT if text is None else layout_from_json(text)
+        if text is None:
+            raise CheckpointFromEarlierJob(self.directory)
+        return layout_from_json(text)
 
     def record_layout(self, layout: Layout) -> None:
         self.write(LAYOUT_FILE, layout_to_json(layout))

@@ -10,8 +10,8 @@ import pytest
 from propensity.settings import Settings
 from streaming.checkpoint import (
     LAYOUT_FILE,
-    LEGACY_LAYOUT,
     Checkpoint,
+    CheckpointFromEarlierJob,
     CheckpointLayoutMismatch,
     Layout,
     complete_layout,
@@ -58,9 +58,11 @@ def test_the_layout_file_is_read_only_for_a_checkpoint_with_state(tmp_path: Path
         json.dumps({"id": "0123abcd-4567-89ef-0000-000000000000"}) + "\n")
     assert checkpoint.recorded_layout() == Layout(3, 24)
     assert checkpoint.query_tag() == "0123abcd-"
-    # A checkpoint made before layouts were recorded used the fixed values of then.
+    # State without a layout file: a checkpoint of the row-based operator's job, refused.
     (tmp_path / "cp" / LAYOUT_FILE).unlink()
-    assert checkpoint.recorded_layout() == LEGACY_LAYOUT == Layout(2, 64)
+    with pytest.raises(CheckpointFromEarlierJob, match="earlier version") as refused:
+        checkpoint.recorded_layout()
+    assert "\n" not in str(refused.value) and str(tmp_path / "cp") in str(refused.value)
 
 
 def test_the_stream_command_refuses_another_layout_in_one_line(
