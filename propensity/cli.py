@@ -20,9 +20,8 @@ from pathlib import Path
 
 from propensity import extra_providing
 from propensity.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-
-SAMPLE = Path(__file__).parent / "data" / "multicat-2019-10-01-head.csv.gz"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_stream.add_argument("--trigger", type=_NON_NEGATIVE, default=1.0, metavar="SECONDS")
     bench_stream.add_argument("--warmup", type=_NON_NEGATIVE, default=15, metavar="SECONDS",
                               help="leave events sent in the first SECONDS out of freshness")
-    bench_stream.add_argument("--shape", type=_input_file, default=SAMPLE,
+    bench_stream.add_argument("--shape", type=_input_file, default=MULTICAT_SAMPLE,
                               help="REES46 file whose sessions the traffic resamples")
     bench_stream.add_argument(
         "--master", action="append", default=[], metavar="MASTER",
@@ -227,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_batch.add_argument("--events", type=_POSITIVE_INT, default=1_000_000, metavar="N",
                              help="generated events in all (default 1,000,000)")
     bench_batch.add_argument("--days", type=_POSITIVE_INT, default=30, help="days they span")
-    bench_batch.add_argument("--shape", type=_input_file, default=SAMPLE,
+    bench_batch.add_argument("--shape", type=_input_file, default=MULTICAT_SAMPLE,
                              help="REES46 file whose sessions the events resample")
     bench_batch.set_defaults(handler=_bench_batch)
 
@@ -237,7 +236,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="offered requests/s (repeatable; default 2000)")
     bench_serve.add_argument("--duration", type=_POSITIVE, default=30, metavar="SECONDS")
     bench_serve.add_argument("--workers", type=_POSITIVE_INT, default=1, help="scorer processes")
-    bench_serve.add_argument("--shape", type=_input_file, default=SAMPLE,
+    bench_serve.add_argument("--shape", type=_input_file, default=MULTICAT_SAMPLE,
                              help="REES46 file whose sessions are written to Redis and asked for")
     bench_serve.set_defaults(handler=_bench_serve)
 
@@ -246,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
         "scorer, Kinesis throttling, scorer overload, a soak")
     bench_chaos.add_argument("--short", action="store_true",
                              help="the quick form (CI): fewer kills, shorter loads")
-    bench_chaos.add_argument("--file", type=_input_file, default=SAMPLE,
+    bench_chaos.add_argument("--file", type=_input_file, default=MULTICAT_SAMPLE,
                              help="REES46 file replayed and served (default: the sample)")
     bench_chaos.add_argument("--only", action="append", choices=CHAOS_SCENARIOS, metavar="SCENARIO",
                              help="run only this scenario (repeatable): "
@@ -258,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_chaos.set_defaults(handler=_bench_chaos)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
-    demo.add_argument("--file", type=_input_file, default=SAMPLE, help="REES46 CSV to replay")
+    demo.add_argument("--file", type=_input_file, default=MULTICAT_SAMPLE,
+                      help="REES46 CSV to replay")
     demo.add_argument("--speed", type=_POSITIVE, default=80.0,
                       help="replay at N times the original pace (default 80: the sample's "
                            "3 hours in about 2 minutes)")

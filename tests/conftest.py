@@ -5,16 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import signal
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from propensity.settings import Settings
 from propensity.testing import running_stack, with_fresh_stream
-
-SAMPLE = Path(__file__).resolve().parents[1] / "propensity" / "data" / \
-    "multicat-2019-10-01-head.csv.gz"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -23,14 +23,12 @@ from feature_repo.definitions import archive_path
 from feature_repo.retrieval import historical_features
 from propensity import aws, events
 from propensity import features as F
+from propensity.samples import COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
 from tests import batch_oracle
 
-# The shared REES46 slices sit beside the repository (../shared), as they do in CI.
-OCTOBER = Path(__file__).resolve().parents[2] / "shared" / "data" / "rees46" / \
-    "cosmetics-2019-10.csv.gz"
 DAYS = (date(2019, 10, 1), date(2019, 10, 15), date(2019, 10, 31))
 
 
@@ -50,7 +48,7 @@ def spark() -> Iterator[SparkSession]:
 def october(stack: Settings, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[Settings, BatchSummary]:
     settings = isolated(stack, tmp_path_factory.mktemp("october"))
-    return settings, run(settings, batch_args(OCTOBER), spark)
+    return settings, run(settings, batch_args(COSMETICS_OCTOBER), spark)
 
 
 def distinct_events(path: Path) -> pd.DataFrame:
@@ -94,7 +92,7 @@ def test_import_accounts_for_every_row(october: tuple[Settings, BatchSummary]) -
 def test_features_equal_an_independent_computation(october: tuple[Settings, BatchSummary],
                                                    day: date) -> None:
     settings, _ = october
-    source = distinct_events(OCTOBER)
+    source = distinct_events(COSMETICS_OCTOBER)
     assert_same(offline_as_of(settings, F.USER_VIEW, F.USER_ID, day),
                 batch_oracle.user_features(source, day), F.USER_FEATURES)
     assert_same(offline_as_of(settings, F.PRODUCT_VIEW, F.PRODUCT_ID, day),
@@ -105,7 +103,7 @@ def test_feast_serves_the_latest_snapshot_online_and_offline(
         october: tuple[Settings, BatchSummary]) -> None:
     settings, _ = october
     last = DAYS[-1]
-    source = distinct_events(OCTOBER)
+    source = distinct_events(COSMETICS_OCTOBER)
     users = batch_oracle.user_features(source, last)
     users = users.loc[users.sort_values(F.LIFETIME_PURCHASE_COUNT.name).index[-50:]]
     products = batch_oracle.product_features(source, last).head(50)
@@ -145,7 +143,7 @@ def test_feast_cli_apply_and_materialize_incremental_continue_from_the_batch(
 def test_rerun_rewrites_the_same_rows(october: tuple[Settings, BatchSummary],
                                       spark: SparkSession) -> None:
     settings, first = october
-    again = run(settings, batch_args(OCTOBER), spark)
+    again = run(settings, batch_args(COSMETICS_OCTOBER), spark)
     assert again.rows == first.rows and again.online == first.online
     assert again.imports[0].written == first.imports[0].written
     lake = aws.read_parquet(settings, settings.events_uri)

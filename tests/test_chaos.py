@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from propensity.bench.chaos import live_heap_floors, run_chaos
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from tests.conftest import SAMPLE
 
 
 def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
-    outcomes = run_chaos(Settings(PROPENSITY_HOME=tmp_path), SAMPLE, short=True)
+    outcomes = run_chaos(Settings(PROPENSITY_HOME=tmp_path), MULTICAT_SAMPLE, short=True)
     assert [o.name for o in outcomes] == ["stream-kill", "stream-redis", "kinesis-throttle",
                                           "scorer-redis", "scorer-overload", "soak"]
     for outcome in outcomes:
@@ -38,7 +38,7 @@ def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
 
 def test_an_unknown_scenario_is_refused_before_any_stack_starts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown chaos scenarios \['stream-kil'\]"):
-        run_chaos(Settings(PROPENSITY_HOME=tmp_path), SAMPLE, short=True,
+        run_chaos(Settings(PROPENSITY_HOME=tmp_path), MULTICAT_SAMPLE, short=True,
                   only=("stream-kil",))
     assert not (tmp_path / "chaos").exists()
 

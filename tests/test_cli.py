@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from propensity.cli import SAMPLE, _parser
+from propensity.cli import _parser
+from propensity.samples import MULTICAT_SAMPLE
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -17,7 +18,7 @@ from propensity.cli import SAMPLE, _parser
     (["demo", "--speed", "nan"], "argument --speed: not a number > 0: 'nan'"),
     (["demo", "--history", "/no/such.csv"], "argument --history: no such file: /no/such.csv"),
     (["replay", "/no/such.csv"], "argument file: no such file: /no/such.csv"),
-    (["replay", str(SAMPLE), "--events-per-record", "0"],
+    (["replay", str(MULTICAT_SAMPLE), "--events-per-record", "0"],
      "argument --events-per-record: not an integer >= 1: '0'"),
     (["stream", "--trigger", "-1"], "argument --trigger: not a number >= 0: '-1'"),
     (["stream", "--max-records-per-batch", "2.5"],
@@ -27,7 +28,7 @@ from propensity.cli import SAMPLE, _parser
     (["bench", "serve", "--rps", "0"], "argument --rps: not a number > 0: '0'"),
     (["bench", "batch", "--days", "0"], "argument --days: not an integer >= 1: '0'"),
     (["batch", "--import", "/no/such.csv"], "argument --import: no such file: /no/such.csv"),
-    (["train", "--train", str(SAMPLE), "--valid", "/no/such.csv"],
+    (["train", "--train", str(MULTICAT_SAMPLE), "--valid", "/no/such.csv"],
      "argument --valid: no such file: /no/such.csv"),
 ])
 def test_bad_options_are_refused_naming_the_option(argv: list[str], message: str,
@@ -40,7 +41,7 @@ def test_bad_options_are_refused_naming_the_option(argv: list[str], message: str
 
 def test_good_options_are_read_as_numbers_and_paths() -> None:
     args = _parser().parse_args(["demo", "--speed", "120", "--duration", "30",
-                                 "--history", str(SAMPLE)])
-    assert (args.speed, args.duration, args.history) == (120.0, 30.0, [Path(SAMPLE)])
+                                 "--history", str(MULTICAT_SAMPLE)])
+    assert (args.speed, args.duration, args.history) == (120.0, 30.0, [Path(MULTICAT_SAMPLE)])
     assert _parser().parse_args(["serve", "--port", "8001"]).port == 8001
     assert _parser().parse_args(["stream", "--trigger", "0"]).trigger == 0.0

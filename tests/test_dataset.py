@@ -14,16 +14,15 @@ from pyspark.sql import SparkSession
 
 from batch.job import run as run_batch
 from propensity import features as F
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
 from streaming.job import StreamOptions
 from streaming.job import run as run_stream
-from tests.test_batch import OCTOBER, distinct_events
+from tests.test_batch import distinct_events
 from tests.test_streaming import send
 from training.dataset import LABEL, build
-
-NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +124,9 @@ def test_streamed_sessions_give_the_same_training_set_as_the_file(
 def test_november_with_october_as_history(stack: Settings, spark: SparkSession,
                                           tmp_path: Path) -> None:
     settings = isolated(stack, tmp_path)
-    points = dataset(settings, tmp_path / "november.parquet", NOVEMBER, OCTOBER)
+    points = dataset(settings, tmp_path / "november.parquet", COSMETICS_NOVEMBER, COSMETICS_OCTOBER)
 
-    events = distinct_events(NOVEMBER)
+    events = distinct_events(COSMETICS_NOVEMBER)
     first_purchase = events[events["event_type"] == "purchase"].groupby(
         "user_session")["event_time"].min()
     at = events["user_session"].map(first_purchase)

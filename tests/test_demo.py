@@ -8,15 +8,15 @@ import re
 from pathlib import Path
 
 from propensity.demo import run_demo
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.stack import LocalStack
-from tests.conftest import SAMPLE
 
 
 def test_the_demo_runs_end_to_end_and_writes_its_report(tmp_path: Path,
                                                         capsys) -> None:
     settings = Settings(PROPENSITY_HOME=tmp_path)
-    assert run_demo(settings, SAMPLE, speed=400, duration_s=25) == 0
+    assert run_demo(settings, MULTICAT_SAMPLE, speed=400, duration_s=25) == 0
     out = capsys.readouterr().out
     assert "[7/7]" in out and "summary:" in out and "demo stack stopped" in out
     assert "equal the recomputation" in out

@@ -20,6 +20,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from propensity.cli import _parser
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER, MULTICAT_SAMPLE
 from propensity.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,3 +246,18 @@ def test_terraform_and_the_tests_use_one_emr_runtime() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "EMR_RUNTIME := deploy/emr/runtime.json" in makefile
     assert '["pyspark"]' in makefile and "PROPENSITY_EXPECT_PYSPARK=$(EMR_PYSPARK)" in makefile
+
+
+def test_a_clone_needs_nothing_beside_it() -> None:
+    """No tracked file reads a folder outside the repository (a clone has no ../shared), and
+    every bundled real slice the tests and the README name is in the repository."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.split()
+    outside = re.compile(r'\.\./shared|"shared" /')
+    readers = [name for name in tracked if name.endswith((".py", ".md", ".sh", ".yml", ".toml",
+                                                          "Makefile", ".tf", "run"))
+               and outside.search((ROOT / name).read_text(errors="replace"))
+               and name != "tests/test_deploy_config.py"]
+    assert readers == [], readers
+    for path in (MULTICAT_SAMPLE, COSMETICS_OCTOBER, COSMETICS_NOVEMBER):
+        assert str(path.relative_to(ROOT)) in tracked, path

@@ -11,8 +11,8 @@ import pytest
 
 from propensity import events
 from propensity.events import Reason
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.testing import write_csv
-from tests.conftest import SAMPLE
 
 BASE = {
     "event_time": "2019-10-01 00:00:00 UTC",
@@ -192,7 +192,7 @@ def test_csv_without_the_rees46_columns_is_refused(tmp_path: Path) -> None:
 
 
 def test_real_sample_round_trips_through_json() -> None:
-    frames = [events.validate(raw) for raw in events.read_csv(SAMPLE)]
+    frames = [events.validate(raw) for raw in events.read_csv(MULTICAT_SAMPLE)]
     valid = pd.concat([f.valid for f in frames], ignore_index=True)
     assert len(valid) == 17434
     assert sum(len(f.invalid) for f in frames) == 0

@@ -17,9 +17,9 @@ import pytest
 from propensity import EXTRAS
 from propensity.demo import register_shipped_model
 from propensity.live_demo import propensities
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.testing import isolated, load_session_features, running_scorer, session_requests
-from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +59,9 @@ def test_the_bare_package_serves_what_the_full_install_serves(bare: Path, stack:
     assert "feast" in installed and not installed & left_out, installed & left_out
 
     settings = isolated(stack, tmp_path)
-    load_session_features(settings, SAMPLE)
+    load_session_features(settings, MULTICAT_SAMPLE)
     register_shipped_model(settings)
-    requests = session_requests(SAMPLE)[:100]
+    requests = session_requests(MULTICAT_SAMPLE)[:100]
     with running_scorer(settings, python=bare / "python") as image_like, \
             running_scorer(settings) as full:
         assert propensities(image_like, requests) == propensities(full, requests)
@@ -69,7 +69,7 @@ def test_the_bare_package_serves_what_the_full_install_serves(bare: Path, stack:
 
 @pytest.mark.parametrize(("command", "extra"), [
     (["stream", "--until-idle"], "jobs"),
-    (["train", "--train", str(SAMPLE), "--valid", str(SAMPLE)], "jobs"),
+    (["train", "--train", str(MULTICAT_SAMPLE), "--valid", str(MULTICAT_SAMPLE)], "jobs"),
     (["stack", "up"], "local"),
     (["demo"], "local"),
 ])

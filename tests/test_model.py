@@ -19,14 +19,12 @@ from propensity.model import (
     encode_row,
     source_features,
 )
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import isolated
-from tests.test_batch import OCTOBER
 from training import checks, metrics
 from training.dataset import LABEL, prediction_points, with_request_time_features
 from training.train import fit_booster, fit_model
-
-NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
 
 
 def points_without_history(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -47,14 +45,14 @@ def points_without_history(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 @pytest.fixture(scope="module")
 def november() -> tuple[pd.DataFrame, pd.DataFrame]:
-    return points_without_history(NOVEMBER)
+    return points_without_history(COSMETICS_NOVEMBER)
 
 
 @pytest.fixture(scope="module")
 def model(november: tuple[pd.DataFrame, pd.DataFrame]) -> PropensityModel:
     """Trained on October, early-stopped and calibrated on November."""
     _, points = november
-    return fit_model(points_without_history(OCTOBER)[1], points)[0]
+    return fit_model(points_without_history(COSMETICS_OCTOBER)[1], points)[0]
 
 
 def test_encoding_reads_each_feature_by_name_and_one_hots_categories() -> None:

@@ -16,9 +16,9 @@ import pytest
 from propensity import aws, events, kpl
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_all, read_events
 from propensity.replay import replay
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.testing import FlakyKinesis, write_csv
-from tests.conftest import SAMPLE
 from tests.test_events import BASE
 
 pytestmark = pytest.mark.integration
@@ -38,9 +38,9 @@ def _expected(path: Path) -> pd.DataFrame:
 @pytest.mark.parametrize(("events_per_record", "aggregate"), [(1, False), (7, False), (7, True)])
 def test_bundled_sample_arrives_exactly_once_in_session_order(
         stream: Settings, events_per_record: int, aggregate: bool) -> None:
-    summary = _replay(stream, SAMPLE, speed=None, events_per_record=events_per_record,
+    summary = _replay(stream, MULTICAT_SAMPLE, speed=None, events_per_record=events_per_record,
                       aggregate=aggregate)
-    expected = _expected(SAMPLE)
+    expected = _expected(MULTICAT_SAMPLE)
     assert summary.read == 17434 == summary.sent + sum(summary.invalid.values())
     assert summary.sent == len(expected)
     assert summary.duplicates == expected["event_id"].duplicated().sum() > 0
@@ -62,7 +62,7 @@ def test_bundled_sample_arrives_exactly_once_in_session_order(
 
 def test_the_command_sends_kpl_aggregated_records(stream: Settings) -> None:
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "propensity"), "replay", str(SAMPLE), "--max",
+        [str(Path(sys.executable).parent / "propensity"), "replay", str(MULTICAT_SAMPLE), "--max",
          "--limit", "300", "--events-per-record", "25", "--aggregate", "--json"],
         env={**os.environ, **stream.to_env()}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,10 +76,10 @@ def test_the_command_sends_kpl_aggregated_records(stream: Settings) -> None:
 
 def test_partial_putrecords_failures_are_retried(stream: Settings) -> None:
     flaky = FlakyKinesis(aws.client("kinesis", stream), throttled_calls=1, partial_calls=4)
-    summary = _replay(stream, SAMPLE, kinesis=flaky, speed=None, limit=3000)
+    summary = _replay(stream, MULTICAT_SAMPLE, kinesis=flaky, speed=None, limit=3000)
     assert summary.retried == flaky.rejected_records > 0
     arrived = read_events(aws.client("kinesis", stream), stream.kinesis_stream)
-    expected = _expected(SAMPLE).head(3000)
+    expected = _expected(MULTICAT_SAMPLE).head(3000)
     assert Counter(arrived.valid["event_id"]) == Counter(expected["event_id"])
 
 

@@ -16,6 +16,7 @@ import schemathesis
 
 from propensity import model_store
 from propensity.model import COLUMN_NAMES, PropensityModel
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import (
     RedisProcess,
@@ -27,7 +28,7 @@ from propensity.testing import (
 )
 from serving import LATENCY_BUDGET_MS, scoring
 from serving.online import Entities, FeastFeatures, RedisFeatures
-from tests.test_model import NOVEMBER, OCTOBER, points_without_history
+from tests.test_model import points_without_history
 from training.train import fit_model
 
 
@@ -39,12 +40,12 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     redis_server.start()
     settings = isolated(stack, folder).model_copy(update={
         "redis": redis_server.connection_string, "model_poll_s": 1.0})
-    _, valid = points_without_history(NOVEMBER)
-    model, _ = fit_model(points_without_history(OCTOBER)[1], valid)
+    _, valid = points_without_history(COSMETICS_NOVEMBER)
+    model, _ = fit_model(points_without_history(COSMETICS_OCTOBER)[1], valid)
     model.metadata = {"validation": {"roc_auc": 0.7}, "checks_passed": True}
     version = model_store.register(settings, model.to_files(), 0.7, True).version
-    load_session_features(settings, NOVEMBER)
-    keys = session_requests(NOVEMBER)
+    load_session_features(settings, COSMETICS_NOVEMBER)
+    keys = session_requests(COSMETICS_NOVEMBER)
     with running_scorer(settings) as url:
         yield {"settings": settings, "url": url, "version": version, "keys": keys,
                "redis": redis_server, "model": model}
@@ -225,7 +226,7 @@ def test_redis_dies_mid_run_answers_degrade_within_budget_then_recover(served: d
     finally:
         if redis_server.process is None:
             redis_server.start()
-        load_session_features(served["settings"], NOVEMBER)
+        load_session_features(served["settings"], COSMETICS_NOVEMBER)
     statuses = {status for _, status, _, _ in results}
     assert statuses == {200}, statuses  # never an error, let alone a 5xx
     assert max(latency for *_, latency in results) < LATENCY_BUDGET_MS

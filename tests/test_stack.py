@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from propensity import aws
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.stack import LocalStack
-from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -60,7 +60,7 @@ def test_readme_workflow_in_a_shell(tmp_path: Path) -> None:
         set -e
         eval "$(propensity stack up)"
         propensity stack status >&2
-        propensity replay {SAMPLE} --max --json
+        propensity replay {MULTICAT_SAMPLE} --max --json
         cat "$PROPENSITY_HOME/stack/state.json" >&2
         propensity stack down >&2
     """

@@ -16,15 +16,14 @@ import pytest
 
 from propensity import model_store
 from propensity.model import PropensityModel
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import isolated
 from streaming.job import StreamOptions
 from streaming.job import run as run_stream
-from tests.test_batch import OCTOBER
 from tests.test_streaming import send
 from training.train import TrainResult, files_data, lake_data, train
 
-NOVEMBER = OCTOBER.with_name("cosmetics-2019-11.csv.gz")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -33,7 +32,7 @@ def trained(stack: Settings, tmp_path_factory: pytest.TempPathFactory
             ) -> tuple[Settings, TrainResult, Path]:
     folder = tmp_path_factory.mktemp("training")
     settings = isolated(stack, folder)
-    data = files_data(settings, OCTOBER, NOVEMBER, [])
+    data = files_data(settings, COSMETICS_OCTOBER, COSMETICS_NOVEMBER, [])
     return settings, train(settings, data, folder / "report"), folder
 
 
@@ -92,8 +91,8 @@ def test_evaluate_scores_every_point_with_the_stored_model(
         trained: tuple[Settings, TrainResult, Path]) -> None:
     settings, result, folder = trained
     out = folder / "november-scores.csv"
-    done = cli(settings, "evaluate", "--events", str(NOVEMBER), "--predictions-out", str(out),
-               "--json")
+    done = cli(settings, "evaluate", "--events", str(COSMETICS_NOVEMBER),
+               "--predictions-out", str(out), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["model_version"] == result.version
@@ -109,7 +108,7 @@ def test_evaluate_scores_every_point_with_the_stored_model(
 def test_evaluate_reports_a_missing_model_or_version_in_one_line(
         stack: Settings, tmp_path: Path, trained: tuple[Settings, TrainResult, Path]) -> None:
     empty = isolated(stack, tmp_path)
-    done = cli(empty, "evaluate", "--events", str(NOVEMBER), "--predictions-out",
+    done = cli(empty, "evaluate", "--events", str(COSMETICS_NOVEMBER), "--predictions-out",
                str(tmp_path / "p.csv"))
     assert done.returncode == 2
     assert "no `latest` model" in done.stderr and "Traceback" not in done.stderr
@@ -129,8 +128,8 @@ def head(path: Path, rows: int, out: Path) -> Path:
 
 def test_training_on_streamed_days_equals_training_on_the_files(
         stack: Settings, tmp_path: Path) -> None:
-    october = head(OCTOBER, 6000, tmp_path / "october.csv.gz")
-    november = head(NOVEMBER, 6000, tmp_path / "november.csv.gz")
+    october = head(COSMETICS_OCTOBER, 6000, tmp_path / "october.csv.gz")
+    november = head(COSMETICS_NOVEMBER, 6000, tmp_path / "november.csv.gz")
     by_file = isolated(stack, tmp_path / "files")
     from_files = train(by_file, files_data(by_file, october, november, []),
                        tmp_path / "files-report", register=False)
