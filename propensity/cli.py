@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import sys
 import time
@@ -219,6 +220,11 @@ def _parser() -> argparse.ArgumentParser:
         "--master", action="append", default=[], metavar="MASTER",
         help="Spark master of the job (default PROPENSITY_SPARK_MASTER); repeat for a table, "
              "e.g. --master 'local-cluster[1,1,2048]' --master 'local-cluster[2,1,2048]'")
+    bench_stream.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="also profile the measured window (py-spy over the job's Python processes, a "
+             "Java Flight Recording in each JVM), keep the raw files in DIR and print where "
+             "the CPU goes")
     bench_stream.set_defaults(handler=_bench_stream)
 
     bench_batch = benches.add_parser(
@@ -543,9 +549,12 @@ def _bench_stream(args: argparse.Namespace) -> int:
 
     results = []
     for master in args.master or [""]:
+        # one profile folder per master: "local-cluster[2,1,2048]" -> local-cluster-2-1-2048
+        profile = args.profile and args.profile / (re.sub(r"\W+", "-", master).strip("-")
+                                                   or "default")
         results.append(run_stream_bench(Settings(), args.rate, args.duration, args.shape,
                                         args.events_per_record, args.trigger, args.warmup,
-                                        master))
+                                        master, profile))
         print(results[-1].format(), flush=True)
     if len(results) > 1:
         print(format_table(results))

@@ -12,6 +12,7 @@ at most one interval of its time).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,12 +29,14 @@ KINDS = (JVM, PYTHON_MAIN, PYTHON_WORKERS)
 
 
 def kind_of(command_line: list[str]) -> str:
-    """A JVM, a Python worker forked by pyspark's daemon (tasks; on the driver also the data
-    source's planner), or another Python process (the job's own driver)."""
-    text = " ".join(command_line)
+    """A JVM, a Python worker started by Spark (`python -m pyspark.<module>`: tasks, forked by
+    pyspark's daemon; on the driver also the data source's planner), or another Python process
+    (the job's own driver)."""
     if command_line and command_line[0].endswith("java"):
         return JVM
-    return PYTHON_WORKERS if "pyspark.daemon" in text or "pyspark.worker" in text else PYTHON_MAIN
+    started_by_spark = any(a == "-m" and b.startswith("pyspark.")
+                           for a, b in itertools.pairwise(command_line))
+    return PYTHON_WORKERS if started_by_spark else PYTHON_MAIN
 
 
 def roles(root: psutil.Process) -> dict[int, tuple[str, float]]:

@@ -10,13 +10,16 @@ The job runs on the settings' Spark master, or on the one given: `local-cluster[
 Spark's standalone topology on one machine (a driver and N executor JVMs of C cores, the
 split of a cluster). The job's CPU is counted by role (propensity.bench.cpu) from the end of
 the warm-up until the last sample is readable: the driver's seconds per 10,000 events show
-whether the driver is in the data path.
+whether the driver is in the data path. With a profile folder, the same window is also
+profiled (propensity.bench.profile: py-spy over the Python processes, a flight recording in
+each JVM) and the summary printed after the figures.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 from propensity import aws
 from propensity import features as F
 from propensity.bench.cpu import DRIVER, EXECUTORS, KINDS, CpuTrace
+from propensity.bench.profile import JobProfiler
 from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
@@ -57,6 +61,7 @@ class StreamBenchResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     measured_events: float = 0.0  # events sent after the warm-up
     measured_s: float = 0.0  # from the end of the warm-up until the last sample was readable
+    profile: str = ""  # the profile's summary, when one was taken
 
     def cores(self, role: str) -> float:
         """The role's CPU seconds per second of the measured window."""
@@ -91,6 +96,7 @@ class StreamBenchResult:
             f"(Spark master {self.master}; {self.measured_events:,.0f} events in the "
             f"{self.measured_s:.0f} s after the warm-up)",
             f"  job log    {self.job_log}",
+            *([self.profile] if self.profile else []),
         ])
 
     def row(self) -> str:
@@ -110,7 +116,8 @@ def format_table(results: list[StreamBenchResult]) -> str:
 
 def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path,
                      events_per_record: int = 10, trigger_s: float = 1.0,
-                     warmup_s: float = 15.0, master: str = "") -> StreamBenchResult:
+                     warmup_s: float = 15.0, master: str = "",
+                     profile_dir: Path | None = None) -> StreamBenchResult:
     master = master or base.spark_master
     result = StreamBenchResult(rate, duration_s, shape.name, events_per_record, master,
                                warmup_s=warmup_s)
@@ -123,8 +130,12 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
     result.job_log = str(log)
     job = start_stream_job(settings, log, trigger_s=trigger_s, starting_position="LATEST")
     cpu = CpuTrace(job.pid).start()
+    profiler = JobProfiler(job.pid, profile_dir) if profile_dir else None
+    profiling = threading.Timer(warmup_s + 1.0, profiler.start) if profiler else None
     try:
         wait_for_first_batch(job, log, timeout_s=300)
+        if profiling:  # over the measured window: from the end of the warm-up
+            profiling.start()
         samples = multiprocessing.get_context("spawn").Queue()
         producer = multiprocessing.get_context("spawn").Process(
             target=produce_generated,
@@ -134,8 +145,14 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
         producer.join()
     finally:
         cpu.stop()
+        if profiler and profiling:
+            profiling.cancel()
+            profiling.join()
+            profiler.stop()
         stop_stream_job(job)
         stack.down()
+    if profiler:
+        result.profile = profiler.summary()
     measured_from, measured_to = started + warmup_s, started + result.processed_s
     result.measured_events = result.sent * max(0.0, 1 - warmup_s / result.send_s)
     result.measured_s = max(0.0, measured_to - measured_from)
