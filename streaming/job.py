@@ -113,20 +113,31 @@ class ProgressLog(StreamingQueryListener):
             log.error("query terminated: %s", event.exception)
 
 
-def checked_layout(settings: Settings) -> Layout:
+@dataclass(frozen=True)
+class CheckedLayout:
+    layout: Layout
+    recorded: bool  # the checkpoint keeps it; otherwise its zeros are filled and it is recorded
+
+
+def checked_layout(settings: Settings) -> CheckedLayout:
     """The parallelism the query runs with: the checkpoint's, or the settings' for a new one
     (zeros are filled once Spark runs). Raises CheckpointLayoutMismatch before Spark starts."""
     checkpoint = Checkpoint(settings)
-    return resolve_layout(requested_layout(settings), checkpoint.recorded_layout(),
-                          checkpoint.directory)
+    recorded = checkpoint.recorded_layout()
+    return CheckedLayout(resolve_layout(requested_layout(settings), recorded,
+                                        checkpoint.directory), recorded is not None)
 
 
-def start(settings: Settings, options: StreamOptions, spark: SparkSession
-          ) -> tuple[StreamingQuery, ProgressLog]:
+def start(settings: Settings, options: StreamOptions, spark: SparkSession,
+          checked: CheckedLayout | None = None) -> tuple[StreamingQuery, ProgressLog]:
     """Register the feature repo and start the query; returns at once with the query and its
-    progress listener (remove it with spark.streams.removeListener when done)."""
-    layout = complete_layout(checked_layout(settings), spark.sparkContext.defaultParallelism)
-    Checkpoint(settings).record_layout(layout)
+    progress listener (remove it with spark.streams.removeListener when done). `checked` is
+    the checkpoint's layout when the caller has read it already."""
+    checked = checked or checked_layout(settings)
+    layout = checked.layout
+    if not checked.recorded:  # a new checkpoint: its layout, fixed from now on
+        layout = complete_layout(layout, spark.sparkContext.defaultParallelism)
+        Checkpoint(settings).record_layout(layout)
     feature_repo.apply(settings)
     sink = MicroBatchSink(settings)
     listener = ProgressLog(sink, CloudWatchMetrics(settings) if settings.metrics_namespace
@@ -143,11 +154,11 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
     """Run the job until it stops (until idle, or forever)."""
     # A missing stream or unreachable endpoint, or a checkpoint kept for other settings: one
     # clear error now, not Spark's in 10 s.
-    checked_layout(settings)
+    checked = checked_layout(settings)
     list_shards(aws.client("kinesis", settings), settings.kinesis_stream)
     spark = spark or spark_session("propensity-stream", settings.spark_master,
                                    long_running=True)
-    query, listener = start(settings, options, spark)
+    query, listener = start(settings, options, spark, checked)
     try:
         if options.until_idle:
             query.processAllAvailable()

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from propensity import events
+from propensity.spark import freeze_worker_heap
 
 INVALID_BUCKET = -1
 KINESIS_FIELDS = ("shard_id", "sequence_number", "sub_sequence", "arrival_time")
@@ -64,6 +65,7 @@ def parse_batches(raw: Iterator[pa.RecordBatch], buckets: int) -> Iterator[pa.Re
             ], schema=PARSED_SCHEMA)
         if len(checked.invalid):
             yield _invalid_batch(checked.invalid)
+    freeze_worker_heap()
 
 
 def _unsplit_records(rows: pa.RecordBatch) -> pd.DataFrame:

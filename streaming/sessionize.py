@@ -50,6 +50,7 @@ from pyspark.sql.streaming import StatefulProcessor, StatefulProcessorHandle
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType
 
 from propensity import features as F
+from propensity.spark import freeze_worker_heap
 from streaming.parse import EVENT_RECORD, INVALID_BUCKET
 
 SNAPSHOT, INVALID, LATE = "snapshot", "invalid", "late"
@@ -194,6 +195,7 @@ class SessionProcessor(StatefulProcessor):
                  for session, record in zip(frame["user_session"], frame["record"],
                                             strict=True))
         yield output_frame(self.fold(key[0], pairs))
+        freeze_worker_heap()
 
     def fold(self, bucket: int, pairs: Iterable[tuple[str | None, bytes]]) -> list[tuple]:
         """sessionize_bucket on this bucket's state, its clock written back."""

@@ -50,6 +50,7 @@ from feature_repo.online import write_latest
 from propensity import aws, events
 from propensity import features as F
 from propensity.settings import Settings
+from propensity.spark import freeze_worker_heap
 from streaming.checkpoint import Checkpoint
 from streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
 from streaming.sessionize import INVALID, LATE, OUTPUT_SCHEMA, SNAPSHOT
@@ -129,6 +130,7 @@ def write_partitions(batches: Iterator[pa.RecordBatch], settings: Settings, batc
     context = TaskContext.get()
     partition = context.partitionId() if context else 0
     report = _writer(settings).write(table, batch_id, partition, tag)
+    freeze_worker_heap()
     yield report_row(report, partition)
 
 

@@ -151,3 +151,17 @@ def test_task_reports_join_into_the_batch_report() -> None:
     assert len(sample) == 64 and sample[0] == 0.0 and sample[-1] == 999.0
     assert sample == sorted(sample)
     assert sample_evenly([3.0, 1.0], 64) == [1.0, 3.0]
+
+
+def test_a_worker_freezes_its_heap_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first task only: later calls must not freeze a task's own garbage."""
+    import gc
+
+    from propensity import spark
+
+    calls = []
+    monkeypatch.setattr(spark, "_heap_frozen", False)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    for _ in range(3):
+        spark.freeze_worker_heap()
+    assert calls == [1]

@@ -54,6 +54,7 @@ import pyarrow.compute as pc
 
 from propensity import aws
 from propensity.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
+from propensity.bench.cpu import JVM, PYTHON_MAIN, PYTHON_WORKERS, kind_of
 from propensity.bench.load import run_as_process
 from propensity.bench.stream import produce_generated
 from propensity.demo import check_online, fresh_stack, register_shipped_model
@@ -394,7 +395,9 @@ def _pss_mb(processes: list[psutil.Process]) -> float:
     return total / 2**20
 
 
-JOB_PARTS = ("driver", "jvm", "python workers")
+# The streaming job's parts, by the kind propensity.bench.cpu gives a process (CSV columns).
+_PART_OF_KIND = {PYTHON_MAIN: "driver", JVM: "jvm", PYTHON_WORKERS: "python workers"}
+JOB_PARTS = tuple(_PART_OF_KIND.values())
 # When the soak measures the JVM's live heap (a full collection each), as fractions of the run:
 # four times in SETTLED_WINDOW, three from FINAL_FROM on.
 LIVE_HEAP_AT = (0.40, 0.45, 0.50, 0.55, 0.85, 0.90, 0.95)
@@ -426,9 +429,7 @@ def _jvm_of(job: psutil.Process) -> psutil.Process:
 
 def _job_part(process: psutil.Process) -> str:
     """Which part of the streaming job a process of its tree is."""
-    if process.name() == "java":
-        return "jvm"
-    return "python workers" if "pyspark.daemon" in " ".join(process.cmdline()) else "driver"
+    return _PART_OF_KIND[kind_of(process.cmdline())]
 
 
 def _child_serving_on(port: int) -> psutil.Process:
