@@ -21,9 +21,11 @@ import feature_repo
 from batch.lake import list_objects
 from propensity import aws, events
 from propensity import features as F
+from propensity.demo import check_online
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.live_demo import start_stream_job
 from propensity.replay import ReplaySummary, replay
+from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.spark import spark_session
 from propensity.testing import isolated, write_csv
@@ -129,6 +131,17 @@ def test_features_equal_the_recomputation_and_feast_serves_the_latest(
     want = latest_products[[F.SESSION_ID, F.PRODUCT_ID, *F.SESSION_PRODUCT_FEATURE_NAMES]]
     pd.testing.assert_frame_equal(got[want.columns], want.reset_index(drop=True),
                                   check_dtype=False)
+
+
+def test_the_bundled_sample_aggregated_by_the_kpl_gives_the_recomputed_features(
+        spark: SparkSession, pipeline: Settings) -> None:
+    """The demo's check, replay -> stream -> Feast, on the bundled real sample (17,434 events)
+    sent as KPL aggregated records: Feast serves every session's features as the fold over the
+    events computes them."""
+    sent = send(pipeline, MULTICAT_SAMPLE, events_per_record=25, aggregate=True)
+    assert sent.records < sent.sent / 20
+    run(pipeline, StreamOptions(until_idle=True), spark)
+    assert check_online(pipeline, MULTICAT_SAMPLE, sent.sent, wait_s=0)
 
 
 def test_kpl_aggregated_records_count_every_event_once_across_a_crash(
