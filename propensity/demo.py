@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import threading
@@ -95,13 +94,11 @@ def check_online(settings: Settings, file: Path, sent: int, wait_s: float = 90) 
 
 
 def fresh_stack(home: Path) -> tuple[LocalStack, Settings]:
-    """A local stack of its own under `home`, started afresh: a new stream, and so a new
-    checkpoint (a kept one holds the old stream's offsets and session state)."""
+    """A local stack of its own under `home`, started afresh: a new stream, and so (the stack
+    sees to it) a new checkpoint."""
     stack = LocalStack(home)
     stack.down()
-    settings = stack.up()
-    shutil.rmtree(settings.checkpoint_dir, ignore_errors=True)
-    return stack, settings
+    return stack, stack.up()
 
 
 def online_entities(settings: Settings, view: str, key: str, ids: list[int]) -> int:

@@ -4,6 +4,11 @@
 persistence), creates the Kinesis stream and the S3 buckets, and returns the Settings that point
 at it. The pids are kept in `<home>/stack/state.json` with each process's start time, so `down`
 stops exactly the processes `up` started, even if the OS has reused a pid since.
+
+The stack and its streaming checkpoint (`<home>/checkpoints`) are one unit: moto keeps the
+stream in memory, so a moto started anew has a new stream, and the checkpoint of the old one
+(its offsets, its sessions) is removed with it. While moto runs, the checkpoint stays. Any
+other checkpoint (on S3, or a folder of the user's choosing) is never touched.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,6 +36,7 @@ from propensity import aws
 from propensity.settings import Settings
 
 HOST = "127.0.0.1"
+log = logging.getLogger(__name__)
 _READY_TIMEOUT_S = 30.0
 
 
@@ -78,11 +85,19 @@ class LocalStack:
             raise ModuleNotFoundError("No module named 'moto'", name="moto")
         with self._locked():
             services = self._load()
+            started = []
             for name, start in (("redis", self._start_redis), ("moto", self._start_moto)):
                 if name not in services or services[name].process() is None:
                     services[name] = start()
+                    started.append(name)
                     self._save(services)
             settings = self.settings(services)
+            if "moto" in started and self.checkpoint_dir.exists():
+                # a new stream: the old stream's checkpoint goes with it
+                shutil.rmtree(self.checkpoint_dir)
+                log.warning("stack: a new Kinesis stream, so a new streaming checkpoint (%s held"
+                            " the previous stack's stream's offsets and sessions)",
+                            self.checkpoint_dir)
             _wait_for_redis(services["redis"])
             aws.wait_for_endpoint(settings, _READY_TIMEOUT_S)
             aws.provision(settings)
@@ -113,8 +128,13 @@ class LocalStack:
             PROPENSITY_REDIS=f"{HOST}:{services['redis'].port}",
             PROPENSITY_HOME=self.home,
             PROPENSITY_FEAST_REGISTRY=str(self.home / "feast" / "registry.db"),
-            PROPENSITY_CHECKPOINT_DIR=str(self.home / "checkpoints"),
+            PROPENSITY_CHECKPOINT_DIR=str(self.checkpoint_dir),
         )
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """The streaming job's checkpoint for this stack's stream, kept as long as it is."""
+        return self.home / "checkpoints"
 
     # -- services -------------------------------------------------------------------------
 

@@ -54,6 +54,31 @@ def test_up_is_idempotent_restarts_what_died_and_down_stops_only_ours(tmp_path: 
     assert stack.status() == [] and stack.down() == []
 
 
+def test_the_stacks_checkpoint_lives_as_long_as_its_stream(tmp_path: Path) -> None:
+    """A new moto is a new stream: the stack's checkpoint of the old one goes; while moto runs
+    it stays; a checkpoint elsewhere is never touched."""
+    stack = LocalStack(tmp_path / "home")
+    elsewhere = tmp_path / "my-checkpoint"
+    elsewhere.mkdir()
+    (elsewhere / "metadata").write_text("{}")
+    try:
+        settings = stack.up()
+        own = Path(settings.checkpoint_dir)
+        assert own == stack.checkpoint_dir and not own.exists()
+        own.mkdir(parents=True)
+        (own / "metadata").write_text("{}")
+        stack.up()
+        assert (own / "metadata").exists()  # the same stream: kept
+        moto = psutil.Process(_pids(stack)["moto"])
+        moto.kill()
+        moto.wait(5)
+        stack.up()
+        assert not own.exists()  # a new stream: a new checkpoint
+        assert (elsewhere / "metadata").exists()
+    finally:
+        stack.down()
+
+
 def test_readme_workflow_in_a_shell(tmp_path: Path) -> None:
     """eval "$(propensity stack up)"; propensity replay <sample> --max; propensity stack down"""
     script = f"""

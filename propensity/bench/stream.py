@@ -124,8 +124,7 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
     stack = LocalStack(base.home / "bench-stream")
     stack.down()
     settings = stack.up().model_copy(update={"spark_master": master})
-    for folder in (Path(settings.checkpoint_dir), Path(settings.feast_registry).parent):
-        _remove(folder)
+    _remove(Path(settings.feast_registry).parent)  # the stack's new stream has a new checkpoint
     log = stack.home / "stream.log"
     result.job_log = str(log)
     job = start_stream_job(settings, log, trigger_s=trigger_s, starting_position="LATEST")
