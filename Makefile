@@ -47,7 +47,7 @@ $(EMR_STAMP): pyproject.toml constraints.txt $(EMR_RUNTIME)
 	touch $@
 
 test: $(STAMP) $(CHECKOV_STAMP) lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 	$(MAKE) test-emr
 
 # The streaming, batch and dataset tests again, on the EMR runtime's pyspark.
