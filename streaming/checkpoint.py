@@ -19,6 +19,7 @@ The directory is a local folder or s3://bucket/prefix (EMR).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -143,6 +144,14 @@ class Checkpoint:
         else:
             Path(self.directory).mkdir(parents=True, exist_ok=True)
             Path(self.directory, name).write_text(text)
+
+    def delete(self, name: str) -> None:
+        """Remove a file of the checkpoint; one already gone is fine."""
+        if self.on_s3:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.delete_file(f"{aws.s3_key(self.directory)}/{name}")
+        else:
+            Path(self.directory, name).unlink(missing_ok=True)
 
     def query_tag(self) -> str:
         """`<first 8 hex digits of the query id>-` from Spark's metadata (written before the

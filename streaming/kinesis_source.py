@@ -1,14 +1,22 @@
 """Kinesis as a Structured Streaming source, through PySpark's Python Data Source API.
 
-Offsets are, per shard, the position after the last record of a micro-batch (its sequence
-number), so every batch covers an exact range of every shard that Spark checkpoints before it
-runs, and a restarted query re-reads exactly the uncommitted ranges: exactly-once input, given
-sinks that overwrite per batch id.
+Offsets are, per shard, a position: after a sequence number, or where a shard starts. Records
+are read by the tasks, never by the driver: a batch's end position on a shard with new records
+is a *pending read* ({"read": id, "from": position, "limit": ..., "cutoff": ...}): "what the
+task of read `id` reads from `position`". That task reads from Kinesis up to the tail (or its
+share of the read limit, or the until-idle cutoff), and before it hands any row to Spark it
+records where it ended (`<checkpoint>/kinesis-reads/<id>-<shard>.json`). The driver resolves a
+pending position from that record when it plans the next batch; a task run again (a retry, or
+the batch re-run after a restart) finds the record and reads exactly the same range. So every
+batch covers an exact range of every shard, and a restarted query re-reads exactly the
+uncommitted ranges: exactly-once input, given sinks that overwrite per batch id. (Speculative
+execution must stay off, Spark's default: two attempts of one read would record twice.)
 
-Planning a batch needs its end sequence numbers, which Kinesis only reveals by reading. The
-driver reads each shard up to the tail (or the read limit) in `latestOffset` and hands the
-records it read to the tasks inside their partitions, so nothing is read twice; a partition
-planned without them (after a restart) reads its range from Kinesis itself.
+The driver learns whether a shard has new records by asking Kinesis for one record after its
+position (GetRecords with a limit of 1), so the driver's share of the data is at most one
+record per shard per trigger, and a batch is planned only when there is something to read.
+Offsets planned by earlier versions of this source, whose end positions are sequence numbers,
+are read as exact ranges.
 
 Until idle (`until_idle`, the job's `--until-idle`), only records that arrived before the query
 started are planned, so the job can stop once a trigger finds nothing new. The read limit
@@ -36,7 +44,9 @@ accepted and carry it from then on.
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -51,6 +61,7 @@ from pyspark.sql.types import StructType
 from propensity import aws, events, kpl
 from propensity.kinesis import THROTTLING_CODES, list_shards
 from propensity.settings import Settings
+from streaming.checkpoint import Checkpoint
 
 FORMAT = "kinesis"
 RAW_SCHEMA = pa.schema([
@@ -64,9 +75,12 @@ RAW_SCHEMA = pa.schema([
 ])
 _GET_RECORDS_LIMIT = 10_000
 _EXPIRED = "ExpiredIteratorException"
+READS_FOLDER = "kinesis-reads"  # in the checkpoint: where each task records where it ended
+_PROBE_CALLS = 5  # GetRecords may answer empty before the records behind a gap
 
 # {"after": sequence} | {"start": "TRIM_HORIZON"} | {"start": "AT_TIMESTAMP", "ts": epoch s},
-# plus "done": True once a closed shard has been read to its end.
+# plus "done": True once a closed shard has been read to its end; or a pending read
+# {"read": id, "from": one of those, "limit": records (0: no limit), "cutoff": epoch s | None}.
 Position = dict[str, Any]
 # Offsets: {"shards": {shard id: Position}, "new_shards": Position, "stream": StreamIdentity}.
 # {"arn": StreamARN, "created": StreamCreationTimestamp in epoch s (millisecond precision)}
@@ -113,6 +127,7 @@ class SourceOptions:
     starting_position: str = "TRIM_HORIZON"  # or LATEST
     max_records_per_batch: int = 0  # 0: all that is available
     until_idle: bool = False  # records arriving after the query started wait for a later run
+    reads_dir: str = ""  # where tasks record their reads: the job's checkpoint directory
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SourceOptions:
@@ -121,7 +136,8 @@ class SourceOptions:
             stream=settings.kinesis_stream, region=settings.aws_region,
             endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
             access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
-            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""), **overrides)
+            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
+            **{"reads_dir": settings.checkpoint_dir, **overrides})
 
     def as_options(self) -> dict[str, str]:
         return {k: str(v) for k, v in asdict(self).items()}
@@ -159,23 +175,27 @@ class KinesisDataSource(DataSource):
 
 @dataclass
 class ShardRange(InputPartition):
+    """One task's read of one shard: an exact range (`end_sequence`), or a pending read whose
+    end the task finds and records (`read`: its id, limit and cutoff)."""
+
     shard_id: str
     start: Position
-    end_sequence: str
-    records: list[tuple[str, float, bytes]] | None  # (sequence, arrival epoch s, data)
+    end_sequence: str | None = None
+    read: dict | None = None
+    closed: bool = False  # the shard is closed: reading it to its end marks it done
 
 
 class KinesisStreamReader(DataSourceStreamReader):
     def __init__(self, options: SourceOptions) -> None:
         self.options = options
         self._client: Any = None
-        self._cache: dict[tuple[str, str], tuple[str, list]] = {}
-        self._iterators: dict[str, tuple[str, str]] = {}  # shard -> (position key, iterator)
         # Until idle, the planner (made when the query starts) reads what arrived before now.
         self._cutoff: float | None = time.time() if options.until_idle else None
         self._identity: StreamIdentity | None = None  # the live stream's, read once
         self._initial: dict | None = None
         self._planned: dict | None = None  # the latest offset Spark was given or told of
+        self._closed: set[str] = set()  # closed shards, as the last listing showed
+        self._reads_planned: list[tuple[str, list[str]]] = []  # (read id, its shards), in order
 
     def __getstate__(self) -> dict:  # tasks get the options only, never clients or caches
         return {"options": self.options}
@@ -188,6 +208,16 @@ class KinesisStreamReader(DataSourceStreamReader):
         if self._client is None:
             self._client = aws.client("kinesis", self.options.settings())
         return self._client
+
+    @property
+    def reads(self) -> Checkpoint:
+        """The checkpoint's folder of recorded reads."""
+        if not self.options.reads_dir:
+            raise ValueError("the Kinesis source needs the reads_dir option (the job passes "
+                             "its checkpoint directory)")
+        settings = self.options.settings().model_copy(update={
+            "checkpoint_dir": f"{self.options.reads_dir.rstrip('/')}/{READS_FOLDER}"})
+        return Checkpoint(settings)
 
     # -- planning (driver) ----------------------------------------------------------------
 
@@ -227,8 +257,9 @@ class KinesisStreamReader(DataSourceStreamReader):
         return current
 
     def latestOffset(self, start: dict | None = None, limit: Any = None) -> dict:
-        """The end of the next batch: every readable shard read to its tail, or to its share of
-        `max_records_per_batch`.
+        """The end of the next batch: a pending read on every readable shard with new records,
+        each bounded by its share of `max_records_per_batch`; the start itself when no shard
+        has any (no batch).
 
         One signature for both PySpark APIs (tests/test_spark_versions.py pins how each calls
         it): 4.2+ sees the parameters, treats the source as admission-controlled and passes
@@ -237,16 +268,41 @@ class KinesisStreamReader(DataSourceStreamReader):
         planned or was told of. The read limit is this source's own option on both."""
         start = start if start is not None else self._planned or self.initialOffset()
         identity = self._check_stream(start)
-        shards = self._readable_shards(start)
+        resolved = {**start, "shards": {shard_id: self._resolved(shard_id, position)
+                                        for shard_id, position in start["shards"].items()}}
+        shards = self._readable_shards(resolved)
         budget = (self.options.max_records_per_batch // max(1, len(shards))
-                  if self.options.max_records_per_batch > 0 else None)
+                  if self.options.max_records_per_batch > 0 else 0)
+        read_id = uuid.uuid4().hex[:16]
         end: dict[str, Position] = {}
         for shard_id, (position, closed_at) in shards.items():
-            end[shard_id] = self._advance(shard_id, position, closed_at, budget)
-        for shard_id, position in start["shards"].items():
-            end.setdefault(shard_id, position)  # done shards stay in the offset
+            found = self._probe(shard_id, position)
+            if found:
+                end[shard_id] = {"read": read_id, "from": position, "limit": budget,
+                                 "cutoff": self._cutoff}
+            elif found is None and closed_at is not None:  # a closed shard, read to its end
+                end[shard_id] = {**position, "done": True}
+        if not end:  # nothing new anywhere: no batch
+            self._planned = {**start, "stream": identity}
+            return self._planned
+        self._reads_planned.append((read_id, [k for k, v in end.items() if "read" in v]))
+        for shard_id, position in resolved["shards"].items():
+            end.setdefault(shard_id, position)  # shards without news keep their position
+        for shard_id, (position, _) in shards.items():
+            end.setdefault(shard_id, position)  # new shards with nothing yet: where they start
         self._planned = {"shards": end, "new_shards": start["new_shards"], "stream": identity}
         return self._planned
+
+    def _resolved(self, shard_id: str, position: Position) -> Position:
+        """A pending read's end, as its task recorded it; other positions as they are."""
+        if "read" not in position:
+            return position
+        recorded = self.reads.read(_read_name(position["read"], shard_id))
+        if recorded is None:
+            raise RuntimeError(
+                f"{shard_id}: the task of read {position['read']} recorded no end in "
+                f"{self.options.reads_dir}/{READS_FOLDER}; was the checkpoint's folder changed?")
+        return json.loads(recorded)
 
     def _readable_shards(self, start: dict) -> dict[str, tuple[Position, str | None]]:
         """Shards to read now: those in progress, and new ones whose parents are done."""
@@ -254,9 +310,12 @@ class KinesisStreamReader(DataSourceStreamReader):
         listed = list_shards(self.kinesis, self.options.stream)
         listed_ids = {s["ShardId"] for s in listed}
         readable: dict[str, tuple[Position, str | None]] = {}
+        self._closed = set()
         for shard in listed:
             shard_id = shard["ShardId"]
             closed_at = shard["SequenceNumberRange"].get("EndingSequenceNumber")
+            if closed_at is not None:
+                self._closed.add(shard_id)
             position = known.get(shard_id)
             if position is None:
                 parents = [shard.get("ParentShardId"), shard.get("AdjacentParentShardId")]
@@ -268,49 +327,26 @@ class KinesisStreamReader(DataSourceStreamReader):
                 readable[shard_id] = (position, closed_at)
         return readable
 
-    def _advance(self, shard_id: str, position: Position, closed_at: str | None,
-                 budget: int | None) -> Position:
-        """Read a shard from `position` to its tail (or the budget); cache what was read."""
-        key = _position_key(position)
-        iterator_key, iterator = self._iterators.pop(shard_id, (None, None))
-        if iterator_key != key:
-            iterator = None
-        records: list[tuple[str, float, bytes]] = []
-        last: str | None = position.get("after")
-        caught_up = False
-        while budget is None or len(records) < budget:
-            if iterator is None:
+    def _probe(self, shard_id: str, position: Position) -> bool | None:
+        """Whether the shard has a record after `position` (that arrived before the cutoff,
+        until idle): True; False when not yet; None when the shard has ended (closed, read to
+        its end). Reads at most one record."""
+        iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id, position)
+        for _ in range(_PROBE_CALLS):
+            response = _get_records(self.kinesis, iterator, 1)
+            if response is None:  # expired: renew it
                 iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id,
-                                           {"after": last} if last else position)
-            limit = _GET_RECORDS_LIMIT if budget is None else min(_GET_RECORDS_LIMIT,
-                                                                  budget - len(records))
-            response = _get_records(self.kinesis, iterator, limit)
-            if response is None:  # the iterator expired: renew it from the last position
-                iterator = None
+                                           position)
                 continue
+            if response["Records"]:
+                arrival = response["Records"][0]["ApproximateArrivalTimestamp"].timestamp()
+                return self._cutoff is None or arrival <= self._cutoff
             iterator = response.get("NextShardIterator")
-            fetched = response["Records"]
-            kept = fetched if self._cutoff is None else [
-                r for r in fetched if r["ApproximateArrivalTimestamp"].timestamp() <= self._cutoff]
-            records.extend((r["SequenceNumber"], r["ApproximateArrivalTimestamp"].timestamp(),
-                            r["Data"]) for r in kept)
-            if kept:
-                last = kept[-1]["SequenceNumber"]
-            if len(kept) < len(fetched):  # past the available-now cutoff: stop before them
-                iterator = None
-                break
-            caught_up = iterator is None or response.get("MillisBehindLatest", 0) == 0
-            if caught_up:
-                break
-        end: Position = {"after": last} if last else {
-            k: v for k, v in position.items() if k != "done"}
-        if iterator is not None:
-            self._iterators[shard_id] = (_position_key(end), iterator)
-        if closed_at is not None and caught_up:  # a closed shard gets no new records
-            end["done"] = True
-        if records:
-            self._cache[(shard_id, key)] = (records[-1][0], records)
-        return end
+            if iterator is None:
+                return None
+            if response.get("MillisBehindLatest", 0) == 0:
+                return False
+        return False
 
     def partitions(self, start: dict, end: dict) -> list[ShardRange]:
         # A restart first re-plans the checkpoint's last uncommitted batch, before any
@@ -321,40 +357,105 @@ class KinesisStreamReader(DataSourceStreamReader):
         self._planned = end
         ranges = []
         for shard_id, end_position in end["shards"].items():
+            if end_position == start["shards"].get(shard_id):
+                continue  # nothing new on this shard
+            if "read" in end_position:
+                ranges.append(ShardRange(shard_id, end_position["from"], read={
+                    k: end_position[k] for k in ("read", "limit", "cutoff")},
+                    closed=shard_id in self._closed))
+                continue
             start_position = start["shards"].get(shard_id) or dict(start["new_shards"])
+            start_position = self._resolved(shard_id, start_position)
             end_sequence = end_position.get("after")
             if end_sequence is None or end_sequence == start_position.get("after"):
                 continue
-            key = (shard_id, _position_key(start_position))
-            cached = self._cache.pop(key, None)
-            records = cached[1] if cached and cached[0] == end_sequence else None
-            ranges.append(ShardRange(shard_id, start_position, end_sequence, records))
+            ranges.append(ShardRange(shard_id, start_position, end_sequence))
         return ranges
 
     def commit(self, end: dict) -> None:
-        """Drop prefetched ranges that end at or before the committed offsets. (Spark commits
-        a batch after planning the next one: the next batch's records must stay.)"""
-        for (shard_id, start_key), (end_sequence, _) in list(self._cache.items()):
-            committed = end["shards"].get(shard_id, {}).get("after")
-            if committed is not None and int(end_sequence) <= int(committed):
-                del self._cache[(shard_id, start_key)]
+        """Forget the recorded reads the committed offsets no longer need: those of reads
+        planned before the oldest one `end` refers to (Spark commits a batch after planning the
+        next one, whose start is this end: its reads must stay)."""
+        kept = {p["read"] for p in end["shards"].values() if "read" in p}
+        while self._reads_planned and self._reads_planned[0][0] not in kept:
+            read_id, shard_ids = self._reads_planned.pop(0)
+            for shard_id in shard_ids:
+                self.reads.delete(_read_name(read_id, shard_id))
 
     # -- reading (tasks) ------------------------------------------------------------------
 
     def read(self, partition: ShardRange) -> Iterator[pa.RecordBatch]:
-        records = partition.records
-        if records is None:
-            records = list(self._read_range(partition))
+        if partition.read is None:
+            records = list(self._read_range(partition.shard_id, partition.start,
+                                            partition.end_sequence))
+        else:
+            records = self._pending_read(partition)
         yield _to_batch(partition.shard_id, records)
 
-    def _read_range(self, partition: ShardRange) -> Iterator[tuple[str, float, bytes]]:
-        end = int(partition.end_sequence)
-        position = partition.start
+    def _pending_read(self, partition: ShardRange) -> list[tuple[str, float, bytes]]:
+        """The records of a pending read: the range recorded by an earlier attempt, or read
+        now up to the tail (its limit, its cutoff) and recorded before any row is handed on."""
+        name = _read_name(partition.read["read"], partition.shard_id)
+        recorded = self.reads.read(name)
+        if recorded is not None:
+            end = json.loads(recorded)
+            if end.get("after") in (None, partition.start.get("after")):
+                return []
+            return list(self._read_range(partition.shard_id, partition.start, end["after"]))
+        records, end = self._read_new(partition)
+        self.reads.write(name, json.dumps(end, sort_keys=True))
+        return records
+
+    def _read_new(self, partition: ShardRange) -> tuple[list[tuple[str, float, bytes]],
+                                                        Position]:
+        """Read a shard from the partition's start to its tail (or the read's limit, or its
+        cutoff); returns the records and the end position."""
+        limit = int(partition.read["limit"]) or None
+        cutoff = partition.read["cutoff"]
+        records: list[tuple[str, float, bytes]] = []
+        last: str | None = partition.start.get("after")
+        iterator = None
+        ended = False  # a closed shard read to its end
+        while limit is None or len(records) < limit:
+            if iterator is None:
+                iterator = _shard_iterator(self.kinesis, self.options.stream,
+                                           partition.shard_id,
+                                           {"after": last} if last else partition.start)
+            count = _GET_RECORDS_LIMIT if limit is None else min(_GET_RECORDS_LIMIT,
+                                                                 limit - len(records))
+            response = _get_records(self.kinesis, iterator, count)
+            if response is None:  # the iterator expired: renew it from the last position
+                iterator = None
+                continue
+            fetched = response["Records"]
+            kept = fetched if cutoff is None else [
+                r for r in fetched if r["ApproximateArrivalTimestamp"].timestamp() <= cutoff]
+            records.extend((r["SequenceNumber"], r["ApproximateArrivalTimestamp"].timestamp(),
+                            r["Data"]) for r in kept)
+            if kept:
+                last = kept[-1]["SequenceNumber"]
+            if len(kept) < len(fetched):  # past the until-idle cutoff: stop before them
+                break
+            iterator = response.get("NextShardIterator")
+            ended = iterator is None
+            if ended or response.get("MillisBehindLatest", 0) == 0:
+                break
+        end: Position = {"after": last} if last else {
+            k: v for k, v in partition.start.items() if k != "done"}
+        if partition.closed and ended:
+            end["done"] = True
+        return records, end
+
+    def _read_range(self, shard_id: str, start: Position, end_sequence: str
+                    ) -> Iterator[tuple[str, float, bytes]]:
+        """The records after `start` up to and including `end_sequence`."""
+        end = int(end_sequence)
+        position = start
         iterator = None
         while True:
             if iterator is None:
-                iterator = _shard_iterator(self.kinesis, self.options.stream,
-                                           partition.shard_id, position)
+                iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id,
+                                           position)
             response = _get_records(self.kinesis, iterator, _GET_RECORDS_LIMIT)
             if response is None:
                 iterator = None
@@ -371,12 +472,12 @@ class KinesisStreamReader(DataSourceStreamReader):
             if iterator is None or (not response["Records"]
                                     and response.get("MillisBehindLatest", 0) == 0):
                 raise RuntimeError(
-                    f"{partition.shard_id}: records up to {partition.end_sequence} are no longer"
-                    f" readable (retention expired?); reached {position}")
+                    f"{shard_id}: records up to {end_sequence} are no longer readable "
+                    f"(retention expired?); reached {position}")
 
 
-def _position_key(position: Position) -> str:
-    return repr(sorted((k, v) for k, v in position.items() if k != "done"))
+def _read_name(read_id: str, shard_id: str) -> str:
+    return f"{read_id}-{shard_id}.json"
 
 
 def _shard_iterator(kinesis: Any, stream: str, shard_id: str, position: Position) -> str:

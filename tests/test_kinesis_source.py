@@ -1,5 +1,7 @@
-"""The Kinesis source's offsets name their stream: a checkpoint written for another stream (or
-for a stream since deleted and re-created under the same name) is refused."""
+"""The Kinesis source against moto: the tasks read the records and record where they ended, so a
+task run again reads exactly the same range and the driver reads at most one record per shard;
+offsets name their stream, and a checkpoint written for another stream (or for a stream since
+deleted and re-created under the same name) is refused."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def test_offsets_carry_the_stream_and_another_streams_are_refused(stack: Setting
     assert initial["stream"] == _identity(stream)
     latest = reader.latestOffset(initial)
     assert latest["stream"] == initial["stream"]
-    assert sum(len(r.records or []) for r in reader.partitions(initial, latest)) == 20
+    assert _events(reader, reader.partitions(initial, latest)) == 20
 
     # Another stream with the same shard ids: its reader refuses the offsets, when planning
     # the next batch and when re-planning an uncommitted one after a restart.
@@ -80,18 +82,85 @@ def test_offsets_from_before_the_stream_was_recorded_are_accepted(stream: Settin
     old_initial = {k: v for k, v in reader.initialOffset().items() if k != "stream"}
     old_latest = {k: v for k, v in reader.latestOffset(old_initial).items()
                   if k != "stream"}
-    _put(stream, 5)
     restarted = _reader(stream)  # a new query run on the old checkpoint
-    assert restarted.partitions(old_initial, old_latest)  # re-planned from Kinesis
+    replanned = restarted.partitions(old_initial, old_latest)  # its uncommitted batch, again
+    assert _events(restarted, replanned) == 10
+    _put(stream, 5)
     latest = restarted.latestOffset(old_latest)
     assert latest["stream"] == _identity(stream)  # recorded from then on
-    ranges = restarted.partitions(old_latest, latest)
-    assert sum(len(r.records or []) for r in ranges) == 5
+    assert _events(restarted, restarted.partitions(old_latest, latest)) == 5
     restarted.commit(latest)
 
 
-def _records(ranges: list) -> int:
-    return sum(len(r.records or []) for r in ranges)
+def test_offsets_of_the_driver_side_reader_are_read_as_exact_ranges(stream: Settings) -> None:
+    """Offsets planned by the earlier source, which read on the driver: end positions are
+    sequence numbers, and a restarted query reads exactly those ranges."""
+    _put(stream, 8)
+    sequences = {}
+    kinesis = aws.client("kinesis", stream)
+    for shard in kinesis.list_shards(StreamName=stream.kinesis_stream)["Shards"]:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=stream.kinesis_stream, ShardId=shard["ShardId"],
+            ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        found = kinesis.get_records(ShardIterator=iterator)["Records"]
+        if found:
+            sequences[shard["ShardId"]] = [r["SequenceNumber"] for r in found]
+    reader = _reader(stream)
+    start = reader.initialOffset()
+    end = {**start, "shards": {s: {"after": seqs[-2]} for s, seqs in sequences.items()}}
+    _put(stream, 3)
+    assert _events(reader, reader.partitions(start, end)) == 8 - len(sequences)
+    following = reader.latestOffset(end)
+    assert _events(reader, reader.partitions(end, following)) == len(sequences) + 3
+
+
+def test_a_task_run_again_reads_exactly_the_same_records(stream: Settings) -> None:
+    _put(stream, 12)
+    reader = _reader(stream)
+    start = reader.initialOffset()
+    end = reader.latestOffset(start)
+    ranges = reader.partitions(start, end)
+    first = [_rows(reader, r) for r in ranges]
+    _put(stream, 7)  # arrive before the retry: not the retried batch's
+    retried = _reader(stream)  # as in another worker, or after a restart
+    assert [_rows(retried, r) for r in retried.partitions(start, end)] == first
+    assert sum(len(rows) for rows in first) == 12
+    following = retried.latestOffset(end)
+    assert _events(retried, retried.partitions(end, following)) == 7
+    assert retried.latestOffset(following) == following  # nothing new: no batch
+
+
+def test_the_driver_reads_at_most_one_record_per_shard(stream: Settings) -> None:
+    _put(stream, 50)
+    reader = _reader(stream)
+    calls: list[int] = []
+    inner = reader.kinesis
+
+    class Counting:
+        def __getattr__(self, name: str):
+            return getattr(inner, name)
+
+        def get_records(self, **kwargs):
+            answer = inner.get_records(**kwargs)
+            calls.append(len(answer["Records"]))
+            return answer
+
+    reader._client = Counting()
+    start = reader.initialOffset()
+    end = reader.latestOffset(start)
+    assert calls and max(calls) <= 1 and sum(calls) <= 2  # two shards
+    worker = _reader(stream)
+    assert _events(worker, worker.partitions(start, end)) == 50
+
+
+def _rows(reader: KinesisStreamReader, partition) -> list[tuple]:
+    return [(row["shard_id"], row["sequence_number"], row["sub_sequence"])
+            for batch in reader.read(partition) for row in batch.to_pylist()]
+
+
+def _events(reader: KinesisStreamReader, ranges: list) -> int:
+    """What the batch's tasks read (as Spark runs them: each partition's read, in a worker)."""
+    return sum(batch.num_rows for r in ranges for batch in reader.read(r))
 
 
 def test_called_bare_as_pyspark_4_0_calls_it_the_reader_keeps_its_own_start(
@@ -103,7 +172,7 @@ def test_called_bare_as_pyspark_4_0_calls_it_the_reader_keeps_its_own_start(
     reader = KinesisStreamReader(SourceOptions.from_settings(stream, max_records_per_batch=10))
     start, planned = reader.initialOffset(), 0
     while (end := reader.latestOffset()) != start:
-        batch = _records(reader.partitions(start, end))
+        batch = _events(reader, reader.partitions(start, end))
         assert 0 < batch <= 10
         planned += batch
         reader.commit(end)
@@ -114,7 +183,7 @@ def test_called_bare_as_pyspark_4_0_calls_it_the_reader_keeps_its_own_start(
     restarted = _reader(stream)
     assert restarted.partitions(end, end) == []  # Spark 4.0's setLatestSeenOffset
     _put(stream, 5)
-    assert _records(restarted.partitions(end, restarted.latestOffset())) == 5
+    assert _events(restarted, restarted.partitions(end, restarted.latestOffset())) == 5
 
 
 def _stream_job(settings: Settings) -> subprocess.CompletedProcess:
