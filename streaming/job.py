@@ -54,6 +54,10 @@ class StreamOptions:
 
 def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
                 sink: MicroBatchSink, layout: Layout) -> StreamingQuery:
+    if spark.sparkContext.getConf().get("spark.speculation", "false").lower() == "true":
+        # Two attempts of one Kinesis read could record different ends (kinesis_source).
+        raise ValueError("the streaming job needs spark.speculation=false (Spark's default): "
+                         "its Kinesis reads are recorded once per task")
     spark.dataSource.register(KinesisDataSource)
     # A new checkpoint records this; an existing one keeps its own (streaming.checkpoint).
     spark.conf.set("spark.sql.shuffle.partitions", str(layout.state_partitions))

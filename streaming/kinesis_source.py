@@ -10,7 +10,8 @@ pending position from that record when it plans the next batch; a task run again
 the batch re-run after a restart) finds the record and reads exactly the same range. So every
 batch covers an exact range of every shard, and a restarted query re-reads exactly the
 uncommitted ranges: exactly-once input, given sinks that overwrite per batch id. (Speculative
-execution must stay off, Spark's default: two attempts of one read would record twice.)
+execution must stay off, Spark's default, and the job refuses it: two attempts of one read
+running at once could record different ends.)
 
 The driver learns whether a shard has new records by asking Kinesis for one record after its
 position (GetRecords with a limit of 1), so the driver's share of the data is at most one
@@ -189,6 +190,7 @@ class KinesisStreamReader(DataSourceStreamReader):
     def __init__(self, options: SourceOptions) -> None:
         self.options = options
         self._client: Any = None
+        self._reads: Checkpoint | None = None
         # Until idle, the planner (made when the query starts) reads what arrived before now.
         self._cutoff: float | None = time.time() if options.until_idle else None
         self._identity: StreamIdentity | None = None  # the live stream's, read once
@@ -206,18 +208,19 @@ class KinesisStreamReader(DataSourceStreamReader):
     @property
     def kinesis(self) -> Any:
         if self._client is None:
-            self._client = aws.client("kinesis", self.options.settings())
+            self._client = _kinesis_client(self.options)
         return self._client
 
     @property
     def reads(self) -> Checkpoint:
         """The checkpoint's folder of recorded reads."""
-        if not self.options.reads_dir:
-            raise ValueError("the Kinesis source needs the reads_dir option (the job passes "
-                             "its checkpoint directory)")
-        settings = self.options.settings().model_copy(update={
-            "checkpoint_dir": f"{self.options.reads_dir.rstrip('/')}/{READS_FOLDER}"})
-        return Checkpoint(settings)
+        if self._reads is None:
+            if not self.options.reads_dir:
+                raise ValueError("the Kinesis source needs the reads_dir option (the job "
+                                 "passes its checkpoint directory)")
+            self._reads = Checkpoint(self.options.settings().model_copy(update={
+                "checkpoint_dir": f"{self.options.reads_dir.rstrip('/')}/{READS_FOLDER}"}))
+        return self._reads
 
     # -- planning (driver) ----------------------------------------------------------------
 
@@ -474,6 +477,18 @@ class KinesisStreamReader(DataSourceStreamReader):
                 raise RuntimeError(
                     f"{shard_id}: records up to {end_sequence} are no longer readable "
                     f"(retention expired?); reached {position}")
+
+
+_CLIENTS: dict[tuple, Any] = {}
+
+
+def _kinesis_client(options: SourceOptions) -> Any:
+    """One Kinesis client per process and endpoint: each task gets a new reader (unpickled
+    from the options), and making a boto3 client costs tens of milliseconds of CPU."""
+    key = (options.region, options.endpoint_url, options.access_key_id)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = aws.client("kinesis", options.settings())
+    return _CLIENTS[key]
 
 
 def _read_name(read_id: str, shard_id: str) -> str:
