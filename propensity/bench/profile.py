@@ -160,6 +160,9 @@ class JobProfiler:
     def start(self) -> JobProfiler:
         self.folder.mkdir(parents=True, exist_ok=True)
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(py_spy).exists():
+            raise FileNotFoundError("bench stream --profile needs py-spy: pip install "
+                                    "'propensity[dev]' (or py-spy==0.4.1)")
         self._py_spy = subprocess.Popen(
             [py_spy, "record", "--pid", str(self.root_pid), "--subprocesses", "--nonblocking",
              "--rate", str(PY_SPY_RATE), "--format", "raw", "-o", str(self.python_file)],
