@@ -16,6 +16,14 @@ running at once could record different ends.)
 The driver learns whether a shard has new records by asking Kinesis for one record after its
 position (GetRecords with a limit of 1), so the driver's share of the data is at most one
 record per shard per trigger, and a batch is planned only when there is something to read.
+Shard iterators are reused rather than asked for again (GetShardIterator has its own limit of
+5 calls per second per shard, and every call is one more chance of being throttled): a task
+records, beside its end, the iterator that points there, which the driver's next probe uses;
+a probe that found nothing keeps its iterator for the next trigger; a probe that found a record
+hands the iterator it read with (it still points at the read's start) to the task. A task that
+stopped at its limit with records behind it records that too, and the next batch reads on
+without a probe. So a steady stream costs no GetShardIterator at all, and a shard catching up
+one GetRecords per batch less. Hints only: an expired or missing iterator is asked for anew.
 Offsets planned by earlier versions of this source, whose end positions are sequence numbers,
 are read as exact ranges.
 
@@ -78,6 +86,9 @@ _GET_RECORDS_LIMIT = 10_000
 _EXPIRED = "ExpiredIteratorException"
 READS_FOLDER = "kinesis-reads"  # in the checkpoint: where each task records where it ended
 _PROBE_CALLS = 5  # GetRecords may answer empty before the records behind a gap
+# What a task records beside its end position, for the driver's next planning only:
+# "iterator" (a shard iterator pointing at the end) and "behind" (records follow the end).
+_HINTS = ("iterator", "behind")
 
 # {"after": sequence} | {"start": "TRIM_HORIZON"} | {"start": "AT_TIMESTAMP", "ts": epoch s},
 # plus "done": True once a closed shard has been read to its end; or a pending read
@@ -184,6 +195,7 @@ class ShardRange(InputPartition):
     end_sequence: str | None = None
     read: dict | None = None
     closed: bool = False  # the shard is closed: reading it to its end marks it done
+    iterator: str | None = None  # a shard iterator at `start`, when the driver has one
 
 
 class KinesisStreamReader(DataSourceStreamReader):
@@ -198,6 +210,10 @@ class KinesisStreamReader(DataSourceStreamReader):
         self._planned: dict | None = None  # the latest offset Spark was given or told of
         self._closed: set[str] = set()  # closed shards, as the last listing showed
         self._reads_planned: list[tuple[str, list[str]]] = []  # (read id, its shards), in order
+        # Per shard, the hints (_HINTS) known for a position: {"position": ..., hint: value}.
+        self._hints: dict[str, dict] = {}
+        # The latest planned read's id, and the iterators at its shards' starts.
+        self._read_iterators: tuple[str | None, dict[str, str]] = (None, {})
 
     def __getstate__(self) -> dict:  # tasks get the options only, never clients or caches
         return {"options": self.options}
@@ -278,13 +294,17 @@ class KinesisStreamReader(DataSourceStreamReader):
                   if self.options.max_records_per_batch > 0 else 0)
         read_id = uuid.uuid4().hex[:16]
         end: dict[str, Position] = {}
+        iterators: dict[str, str] = {}
         for shard_id, (position, closed_at) in shards.items():
-            found = self._probe(shard_id, position)
+            found, iterator = self._news(shard_id, position)
             if found:
                 end[shard_id] = {"read": read_id, "from": position, "limit": budget,
                                  "cutoff": self._cutoff}
+                if iterator is not None:
+                    iterators[shard_id] = iterator
             elif found is None and closed_at is not None:  # a closed shard, read to its end
                 end[shard_id] = {**position, "done": True}
+        self._read_iterators = (read_id, iterators)
         if not end:  # nothing new anywhere: no batch
             self._planned = {**start, "stream": identity}
             return self._planned
@@ -305,7 +325,12 @@ class KinesisStreamReader(DataSourceStreamReader):
             raise RuntimeError(
                 f"{shard_id}: the task of read {position['read']} recorded no end in "
                 f"{self.options.reads_dir}/{READS_FOLDER}; was the checkpoint's folder changed?")
-        return json.loads(recorded)
+        end = json.loads(recorded)
+        resolved = {k: v for k, v in end.items() if k not in _HINTS}
+        hints = {k: end[k] for k in _HINTS if k in end}
+        if hints:
+            self._hints[shard_id] = {"position": resolved, **hints}
+        return resolved
 
     def _readable_shards(self, start: dict) -> dict[str, tuple[Position, str | None]]:
         """Shards to read now: those in progress, and new ones whose parents are done."""
@@ -330,24 +355,34 @@ class KinesisStreamReader(DataSourceStreamReader):
                 readable[shard_id] = (position, closed_at)
         return readable
 
-    def _probe(self, shard_id: str, position: Position) -> bool | None:
-        """Whether the shard has a record after `position` (that arrived before the cutoff,
-        until idle): True; False when not yet; None when the shard has ended (closed, read to
-        its end). Reads at most one record."""
-        iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id, position)
+    def _news(self, shard_id: str, position: Position) -> tuple[bool | None, str | None]:
+        """Whether the shard has a record after `position` (`_probe`'s answer), and a shard
+        iterator at `position` for the task when one is known. A shard whose last read
+        stopped with records behind it is not probed."""
+        hints = self._hints.pop(shard_id, {})
+        if hints.get("position") != position:
+            hints = {}
+        if hints.get("behind"):
+            return True, hints.get("iterator")
+        cursor = _ShardCursor(self.kinesis, self.options.stream, shard_id, position,
+                              hints.get("iterator"))
+        found = self._probe(cursor)
+        if found is False and cursor.iterator is not None:  # still at `position`
+            self._hints[shard_id] = {"position": position, "iterator": cursor.iterator}
+        return found, cursor.used_iterator if found else None
+
+    def _probe(self, cursor: _ShardCursor) -> bool | None:
+        """Whether the shard has a record after the cursor's position (that arrived before the
+        cutoff, until idle): True; False when not yet; None when the shard has ended (closed,
+        read to its end). Reads at most one record."""
         for _ in range(_PROBE_CALLS):
-            response = _get_records(self.kinesis, iterator, 1)
-            if response is None:  # expired: renew it
-                iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id,
-                                           position)
-                continue
-            if response["Records"]:
-                arrival = response["Records"][0]["ApproximateArrivalTimestamp"].timestamp()
+            records = cursor.fetch(1)
+            if records:
+                arrival = records[0]["ApproximateArrivalTimestamp"].timestamp()
                 return self._cutoff is None or arrival <= self._cutoff
-            iterator = response.get("NextShardIterator")
-            if iterator is None:
+            if cursor.ended:
                 return None
-            if response.get("MillisBehindLatest", 0) == 0:
+            if cursor.caught_up:
                 return False
         return False
 
@@ -363,9 +398,12 @@ class KinesisStreamReader(DataSourceStreamReader):
             if end_position == start["shards"].get(shard_id):
                 continue  # nothing new on this shard
             if "read" in end_position:
+                read_id, iterators = self._read_iterators
                 ranges.append(ShardRange(shard_id, end_position["from"], read={
                     k: end_position[k] for k in ("read", "limit", "cutoff")},
-                    closed=shard_id in self._closed))
+                    closed=shard_id in self._closed,
+                    iterator=iterators.get(shard_id) if end_position["read"] == read_id
+                    else None))
                 continue
             start_position = start["shards"].get(shard_id) or dict(start["new_shards"])
             start_position = self._resolved(shard_id, start_position)
@@ -389,11 +427,14 @@ class KinesisStreamReader(DataSourceStreamReader):
 
     def read(self, partition: ShardRange) -> Iterator[pa.RecordBatch]:
         if partition.read is None:
-            records = list(self._read_range(partition.shard_id, partition.start,
-                                            partition.end_sequence))
+            records = self._read_range(partition, partition.end_sequence)
         else:
             records = self._pending_read(partition)
         yield _to_batch(partition.shard_id, records)
+
+    def _cursor(self, partition: ShardRange) -> _ShardCursor:
+        return _ShardCursor(self.kinesis, self.options.stream, partition.shard_id,
+                            partition.start, partition.iterator)
 
     def _pending_read(self, partition: ShardRange) -> list[tuple[str, float, bytes]]:
         """The records of a pending read: the range recorded by an earlier attempt, or read
@@ -404,7 +445,7 @@ class KinesisStreamReader(DataSourceStreamReader):
             end = json.loads(recorded)
             if end.get("after") in (None, partition.start.get("after")):
                 return []
-            return list(self._read_range(partition.shard_id, partition.start, end["after"]))
+            return self._read_range(partition, end["after"])
         records, end = self._read_new(partition)
         self.reads.write(name, json.dumps(end, sort_keys=True))
         return records
@@ -412,71 +453,90 @@ class KinesisStreamReader(DataSourceStreamReader):
     def _read_new(self, partition: ShardRange) -> tuple[list[tuple[str, float, bytes]],
                                                         Position]:
         """Read a shard from the partition's start to its tail (or the read's limit, or its
-        cutoff); returns the records and the end position."""
+        cutoff); returns the records and the end position, with its hints (_HINTS)."""
         limit = int(partition.read["limit"]) or None
         cutoff = partition.read["cutoff"]
+        cursor = self._cursor(partition)
         records: list[tuple[str, float, bytes]] = []
-        last: str | None = partition.start.get("after")
-        iterator = None
-        ended = False  # a closed shard read to its end
+        past_cutoff = False
         while limit is None or len(records) < limit:
-            if iterator is None:
-                iterator = _shard_iterator(self.kinesis, self.options.stream,
-                                           partition.shard_id,
-                                           {"after": last} if last else partition.start)
             count = _GET_RECORDS_LIMIT if limit is None else min(_GET_RECORDS_LIMIT,
                                                                  limit - len(records))
-            response = _get_records(self.kinesis, iterator, count)
-            if response is None:  # the iterator expired: renew it from the last position
-                iterator = None
-                continue
-            fetched = response["Records"]
+            fetched = cursor.fetch(count)
             kept = fetched if cutoff is None else [
                 r for r in fetched if r["ApproximateArrivalTimestamp"].timestamp() <= cutoff]
             records.extend((r["SequenceNumber"], r["ApproximateArrivalTimestamp"].timestamp(),
                             r["Data"]) for r in kept)
-            if kept:
-                last = kept[-1]["SequenceNumber"]
             if len(kept) < len(fetched):  # past the until-idle cutoff: stop before them
+                past_cutoff = True
                 break
-            iterator = response.get("NextShardIterator")
-            ended = iterator is None
-            if ended or response.get("MillisBehindLatest", 0) == 0:
+            if cursor.ended or cursor.caught_up:
                 break
-        end: Position = {"after": last} if last else {
+        end: Position = {"after": records[-1][0]} if records else {
             k: v for k, v in partition.start.items() if k != "done"}
-        if partition.closed and ended:
+        if partition.closed and cursor.ended:
             end["done"] = True
+        if not past_cutoff and cursor.iterator is not None:  # the cursor is at the end
+            end["iterator"] = cursor.iterator
+            if not cursor.caught_up:  # stopped at the limit
+                end["behind"] = True
         return records, end
 
-    def _read_range(self, shard_id: str, start: Position, end_sequence: str
-                    ) -> Iterator[tuple[str, float, bytes]]:
-        """The records after `start` up to and including `end_sequence`."""
+    def _read_range(self, partition: ShardRange, end_sequence: str
+                    ) -> list[tuple[str, float, bytes]]:
+        """The records after the partition's start up to and including `end_sequence`."""
         end = int(end_sequence)
-        position = start
-        iterator = None
+        cursor = self._cursor(partition)
+        records: list[tuple[str, float, bytes]] = []
         while True:
-            if iterator is None:
-                iterator = _shard_iterator(self.kinesis, self.options.stream, shard_id,
-                                           position)
-            response = _get_records(self.kinesis, iterator, _GET_RECORDS_LIMIT)
-            if response is None:
-                iterator = None
-                continue
-            for record in response["Records"]:
+            fetched = cursor.fetch(_GET_RECORDS_LIMIT)
+            for record in fetched:
                 sequence = record["SequenceNumber"]
                 if int(sequence) > end:
-                    return
-                yield sequence, record["ApproximateArrivalTimestamp"].timestamp(), record["Data"]
-                position = {"after": sequence}
+                    return records
+                records.append((sequence, record["ApproximateArrivalTimestamp"].timestamp(),
+                                record["Data"]))
                 if int(sequence) == end:
-                    return
-            iterator = response.get("NextShardIterator")
-            if iterator is None or (not response["Records"]
-                                    and response.get("MillisBehindLatest", 0) == 0):
+                    return records
+            if cursor.ended or (not fetched and cursor.caught_up):
+                reached = records[-1][0] if records else partition.start
                 raise RuntimeError(
-                    f"{shard_id}: records up to {end_sequence} are no longer readable "
-                    f"(retention expired?); reached {position}")
+                    f"{partition.shard_id}: records up to {end_sequence} are no longer "
+                    f"readable (retention expired?); reached {reached}")
+
+
+class _ShardCursor:
+    """One shard read onward from a position, one GetRecords call at a time. The iterator is
+    the one given, then each answer's next one; asked for (GetShardIterator, from the last
+    record read) only when there is none yet or it has expired."""
+
+    def __init__(self, kinesis: Any, stream: str, shard_id: str, position: Position,
+                 iterator: str | None = None) -> None:
+        self.kinesis, self.stream, self.shard_id = kinesis, stream, shard_id
+        self.position = position  # after the last record fetched
+        self.iterator = iterator  # at `position`; None: to be asked for
+        self.used_iterator: str | None = None  # the iterator the last call read with
+        self.ended = False  # a closed shard, read to its end
+        self.caught_up = False  # the last answer came from the tip of the shard
+
+    def fetch(self, limit: int) -> list[dict]:
+        """The next records (at most `limit`)."""
+        while True:
+            if self.iterator is None:
+                self.iterator = _shard_iterator(self.kinesis, self.stream, self.shard_id,
+                                                self.position)
+            response = _get_records(self.kinesis, self.iterator, limit)
+            if response is not None:
+                break
+            self.iterator = None  # expired: ask for another from the last record read
+        records = response["Records"]
+        if records:
+            self.position = {"after": records[-1]["SequenceNumber"]}
+        self.used_iterator = self.iterator
+        self.iterator = response.get("NextShardIterator")
+        self.ended = self.iterator is None
+        self.caught_up = response.get("MillisBehindLatest", 0) == 0
+        return records
 
 
 _CLIENTS: dict[tuple, Any] = {}

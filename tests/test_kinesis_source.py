@@ -130,27 +130,93 @@ def test_a_task_run_again_reads_exactly_the_same_records(stream: Settings) -> No
     assert retried.latestOffset(following) == following  # nothing new: no batch
 
 
+class _Counting:
+    """A Kinesis client that counts the calls made through it, and the records GetRecords
+    answered each."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.calls: dict[str, int] = {}
+        self.records: list[int] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def counted(**kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            answer = method(**kwargs)
+            if name == "get_records":
+                self.records.append(len(answer["Records"]))
+            return answer
+        return counted
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.records.clear()
+
+
+def _counted(reader: KinesisStreamReader) -> _Counting:
+    reader._client = _Counting(reader.kinesis)
+    return reader._client
+
+
 def test_the_driver_reads_at_most_one_record_per_shard(stream: Settings) -> None:
     _put(stream, 50)
     reader = _reader(stream)
-    calls: list[int] = []
-    inner = reader.kinesis
-
-    class Counting:
-        def __getattr__(self, name: str):
-            return getattr(inner, name)
-
-        def get_records(self, **kwargs):
-            answer = inner.get_records(**kwargs)
-            calls.append(len(answer["Records"]))
-            return answer
-
-    reader._client = Counting()
+    kinesis = _counted(reader)
     start = reader.initialOffset()
     end = reader.latestOffset(start)
-    assert calls and max(calls) <= 1 and sum(calls) <= 2  # two shards
+    assert kinesis.records and max(kinesis.records) <= 1 and sum(kinesis.records) <= 2
     worker = _reader(stream)
     assert _events(worker, worker.partitions(start, end)) == 50
+
+
+def test_a_steady_stream_asks_for_no_shard_iterator(stream: Settings) -> None:
+    """Once each shard has been read, the iterators the tasks and the probes hand on are
+    used: no GetShardIterator, one probe per shard per trigger, one read per shard per batch."""
+    reader = _reader(stream)
+    kinesis = _counted(reader)
+    start = reader.initialOffset()
+    _put(stream, 40)
+    end = reader.latestOffset(start)
+    assert _events(reader, reader.partitions(start, end)) == 40
+    shards = len(end["shards"])
+    assert shards == 2
+    for batch in range(3):
+        kinesis.reset()
+        _put(stream, 40)
+        start, end = end, reader.latestOffset(end)
+        assert _events(reader, reader.partitions(start, end)) == 40
+        reader.commit(start)
+        assert kinesis.calls.get("get_shard_iterator", 0) == 0, batch
+        assert kinesis.calls["get_records"] == 2 * shards  # a probe and a read per shard
+    kinesis.reset()
+    assert reader.latestOffset(end) == end  # nothing new: no batch
+    assert kinesis.calls == {"list_shards": 1, "get_records": shards}
+
+
+def test_a_shard_read_to_its_limit_with_records_behind_is_read_on_unprobed(
+        stream: Settings) -> None:
+    _put(stream, 40)
+    time.sleep(0.2)  # so the first records are behind the latest (moto counts milliseconds)
+    _put(stream, 40)
+    reader = KinesisStreamReader(SourceOptions.from_settings(stream, max_records_per_batch=20))
+    kinesis = _counted(reader)
+    start, total = reader.initialOffset(), 0
+    end = reader.latestOffset(start)
+    total += _events(reader, reader.partitions(start, end))
+    assert total == 20
+    kinesis.reset()
+    start, end = end, reader.latestOffset(end)
+    assert "get_records" not in kinesis.calls  # both shards had records behind: no probe
+    while end != start:
+        total += _events(reader, reader.partitions(start, end))
+        start, end = end, reader.latestOffset(end)
+    assert total == 80
+
+    restarted = _reader(stream)  # hints are hints: a new reader goes on from the offsets
+    _put(stream, 3)
+    assert _events(restarted, restarted.partitions(end, restarted.latestOffset(end))) == 3
 
 
 def _rows(reader: KinesisStreamReader, partition) -> list[tuple]:
