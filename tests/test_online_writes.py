@@ -14,10 +14,11 @@ import pyarrow as pa
 import pytest
 from feast import ValueType
 from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.utils import _convert_arrow_to_proto
 
 import feature_repo
 from feature_repo import definitions
-from feature_repo.online import latest_per_entity, online_rows, write_latest
+from feature_repo.online import latest_per_entity, write_latest
 from propensity import events
 from propensity import features as F
 from propensity.samples import MULTICAT_SAMPLE
@@ -82,7 +83,8 @@ def test_redis_holds_what_feasts_writer_leaves(redis_server: RedisProcess, ttl_s
         client.flushall()
         feasts = RedisOnlineStore()
         latest = latest_per_entity(table, list(join_keys))
-        feasts.online_write_batch(config, view, online_rows(latest, view, join_keys), None)
+        feasts.online_write_batch(config, view,
+                                  _convert_arrow_to_proto(latest, view, join_keys), None)
         expected = _everything(client)
         client.flushall()
         written = write_latest(RedisOnlineStore(), config, view, table)
