@@ -70,14 +70,16 @@ class Settings(BaseSettings):
     serving_max_body_bytes: int = Field(65536, ge=1024, alias="PROPENSITY_SERVING_MAX_BODY_BYTES")
     serving_api_key: SecretStr | None = Field(None, alias="PROPENSITY_SERVING_API_KEY")
     serving_feast_async: bool = Field(False, alias="PROPENSITY_SERVING_FEAST_ASYNC")
-    # Scoring requests in progress at once before the scorer sheds load with 429. Each
-    # waits behind the others for the one event loop, so the limit sets that queue: 32 kept it
-    # near 10 ms on a quiet machine but let the answered p99 reach 180-210 ms when the CPU ran
-    # at half speed (bench chaos --only scorer-overload, 2026-12-02); 16 gave p99 15.7 ms and
-    # more answers (3,238/s against 2,488/s at best with 32), and still fits 800 requests/s
-    # whose Redis reads take the full 20 ms deadline; 12 shed a burst at a quarter of that
-    # load. A limit that follows the measured latency is the lasting fix (issue 17).
-    serving_max_in_progress: int = Field(16, ge=1, alias="PROPENSITY_SERVING_MAX_IN_PROGRESS")
+    # Scoring requests in progress at once before the scorer sheds load with 429: a limit
+    # that follows the measured latency and the event loop's lag (serving/limit.py), starting
+    # at the initial value, never above the maximum. A fixed limit holds latency only on the
+    # CPU it was chosen on (every request waits for the one event loop): 32 kept 10 ms on a
+    # quiet machine and let p99 reach 180-210 ms when the CPU ran at half speed (2026-12-02).
+    # 16 to start: what the fixed limit last was; 64 at most: a quiet machine answered its
+    # capacity near 16 in progress, four times that is room for slow Redis reads.
+    serving_initial_in_progress: int = Field(16, ge=1,
+                                             alias="PROPENSITY_SERVING_INITIAL_IN_PROGRESS")
+    serving_max_in_progress: int = Field(64, ge=1, alias="PROPENSITY_SERVING_MAX_IN_PROGRESS")
 
     # CloudWatch namespace of the streaming job's per-batch metrics; unset: none published.
     metrics_namespace: str | None = Field(None, alias="PROPENSITY_METRICS_NAMESPACE")

@@ -4,6 +4,7 @@ returns a calibrated purchase propensity.
 
 - app.py         the ASGI app: endpoints, request timer, load shedding, API key, body limit,
                  model hot swap, degraded answers past the read deadline
+- limit.py       the load shedder's concurrency limit, which follows measured latency
 - online.py      the online-feature reads (one pipelined round trip; or Feast's async read)
 - redis_wire.py  the multiplexed hiredis connection those reads use
 - scoring.py     features -> model row -> propensity and explanation

@@ -35,12 +35,17 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from propensity import model_store
 from propensity.model import PropensityModel
 from propensity.settings import Settings
-from serving import scoring
+from serving import LATENCY_BUDGET_MS, scoring
+from serving.limit import AdaptiveLimit, LimitChange
 from serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
 
 log = logging.getLogger("propensity.serving")
 
 MAX_BATCH = 100
+# The concurrency limit never falls below this (unless the maximum is lower): a few requests
+# in progress keep the CPU busy while others wait for Redis.
+MIN_IN_PROGRESS = 4
+LAG_PROBE_S = 0.005
 API_KEY_HEADER = "X-API-Key"
 _ERRORS = {401: {"description": "missing or wrong X-API-Key (when a key is configured)"},
            413: {"description": "request body too large"},
@@ -110,6 +115,16 @@ class Metrics:
         self.shed = Counter("propensity_shed_total",
                             "scoring requests refused with 429 (too many in progress)",
                             registry=self.registry)
+        self.limit = Gauge("propensity_concurrency_limit",
+                           "scoring requests allowed in progress at once (it follows latency)",
+                           registry=self.registry)
+        self.limit_changes = Counter("propensity_concurrency_limit_changes_total",
+                                     "changes of the concurrency limit", ["direction"],
+                                     registry=self.registry)
+        self.loop_lag = Histogram("propensity_event_loop_lag_seconds",
+                                  "how late the event loop runs a timer (every request waits "
+                                  "about as long before it is read)", buckets=_BUCKETS,
+                                  registry=self.registry)
         self.model_version = Gauge("propensity_model_info", "the loaded model (1)",
                                    ["version"], registry=self.registry)
         self.gc_pause = Histogram("propensity_gc_pause_seconds",
@@ -210,27 +225,49 @@ SCORING_PATHS = {"/v1/propensity": "propensity", "/v1/propensity/batch": "batch"
 
 
 class LoadShedder:
-    """At most `limit` scoring requests in progress; one more gets 429 with Retry-After at
+    """At most `limit.limit` scoring requests in progress, a limit that follows their measured
+    latency and the event loop's lag (serving/limit.py); one more gets 429 with Retry-After at
     once (pure ASGI, before any parsing), so overload costs the shop a fast "not now" rather
     than a queue in which every request grows slow."""
 
-    def __init__(self, app: Any, limit: int, metrics: Metrics) -> None:
+    def __init__(self, app: Any, limit: AdaptiveLimit, metrics: Metrics) -> None:
         self.app = app
         self.limit = limit
         self.metrics = metrics
         self.in_progress = 0
+        metrics.limit.set(limit.limit)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or scope["path"] not in SCORING_PATHS:
             return await self.app(scope, receive, send)
-        if self.in_progress >= self.limit:
+        if not self.limit.admits(self.in_progress):
             self.metrics.shed.inc()
             return await _error(send, 429, "overloaded: retry shortly", [(b"retry-after", b"1")])
         self.in_progress += 1
+        started = time.perf_counter()
         try:
             await self.app(scope, receive, send)
         finally:
             self.in_progress -= 1
+            now = time.perf_counter()
+            self.record(self.limit.observe(now - started, now))
+
+    def record(self, change: LimitChange | None) -> None:
+        if change is not None:
+            self.metrics.limit.set(change.limit)
+            self.metrics.limit_changes.labels(change.direction).inc()
+
+    async def watch_loop_lag(self) -> None:
+        """Sleeps LAG_PROBE_S over and over and measures how late it wakes: the event loop's
+        lag, for the limit and the metrics (200 wake-ups a second cost a few microseconds
+        each); it also closes the limit's windows while no request comes."""
+        while True:
+            due = time.perf_counter() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            now = time.perf_counter()
+            lag = max(0.0, now - due)
+            self.metrics.loop_lag.observe(lag)
+            self.record(self.limit.observe_lag(lag, now))
 
 
 class RequestTimer:
@@ -279,6 +316,9 @@ def create_app(settings: Settings | None = None) -> Any:
     api_key = (settings.serving_api_key.get_secret_value().encode()
                if settings.serving_api_key else b"")
     deadline_s = settings.serving_deadline_ms / 1000
+    limit = AdaptiveLimit(LATENCY_BUDGET_MS / 1000, initial=settings.serving_initial_in_progress,
+                          minimum=min(MIN_IN_PROGRESS, settings.serving_max_in_progress),
+                          maximum=settings.serving_max_in_progress)
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -296,9 +336,11 @@ def create_app(settings: Settings | None = None) -> Any:
         gc.freeze()
         gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
+        lag_watch = asyncio.create_task(shedder.watch_loop_lag())  # the app's outer layer
         yield
         gc.callbacks.remove(gc_timer)
         poller.cancel()
+        lag_watch.cancel()
         await state["reader"].close()
 
     app = FastAPI(title="propensity scorer", version="1", lifespan=lifespan)
@@ -372,7 +414,8 @@ def create_app(settings: Settings | None = None) -> Any:
 
     app.state.holder = holder
     gated = ApiKey(BodyLimit(app, settings.serving_max_body_bytes), api_key)
-    return RequestTimer(LoadShedder(gated, settings.serving_max_in_progress, metrics), metrics)
+    shedder = LoadShedder(gated, limit, metrics)
+    return RequestTimer(shedder, metrics)
 
 
 def app_from_environment() -> Any:

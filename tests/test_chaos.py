@@ -2,9 +2,9 @@
 job killed twice mid-replay, Redis killed for 20 s under the streaming job, Kinesis throttling
 a share of the job's and the replay's calls (each: nothing lost, nothing counted twice, online
 features equal the fold), Redis killed under scorer load (degraded, never an error, recovery),
-the scorer at twice its sustainable rate (shed with 429, bounded latency, recovery), and a
-one-minute soak of job and scorer (nothing lost, no error; memory shown, judged only in the
-10-minute form)."""
+the scorer at twice the capacity it showed in the run, alone and beside a CPU hog (shed with
+429, bounded latency, recovery), and a one-minute soak of job and scorer (nothing lost, no
+error; memory shown, judged only in the 10-minute form)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from propensity.bench.chaos import live_heap_floors, run_chaos
+from propensity import aws
+from propensity.bench.chaos import _where_missing, live_heap_floors, run_chaos
+from propensity.kinesis import read_events
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
+from tests.test_kinesis_source import _put
 
 
+@pytest.mark.alone  # its verdicts judge the scorer's latency on this machine's CPU
 def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
     outcomes = run_chaos(Settings(PROPENSITY_HOME=tmp_path), MULTICAT_SAMPLE, short=True)
     assert [o.name for o in outcomes] == ["stream-kill", "stream-redis", "kinesis-throttle",
-                                          "scorer-redis", "scorer-overload", "soak"]
+                                          "scorer-redis", "scorer-overload",
+                                          "scorer-overload-hog", "soak"]
     for outcome in outcomes:
         assert outcome.passed, outcome.format()
     kill = outcomes[0].figures
@@ -29,8 +34,10 @@ def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
         assert stream.figures["lost"] == 0 and stream.figures["counted twice"] == 0
         assert stream.figures["online features equal"] is True
     assert outcomes[1].figures["Redis writes retried"] > 0
-    assert outcomes[4].figures["shed (429)"] > 0
-    soak = outcomes[5].figures
+    for overload in outcomes[4:6]:  # twice the capacity measured in the run, with and without
+        assert overload.figures["shed (429)"] > 0  # a CPU hog: the excess shed
+        assert abs(overload.figures["offered/s"] - 2 * overload.figures["capacity/s"]) <= 1
+    soak = outcomes[6].figures
     assert soak["lost"] == 0 and soak["errors"] == 0 and soak["memory judged"] is False
     # The JVM's live heap was measured with the JDK's jcmd (full collections).
     assert soak["job live heap MB"].count(",") == 6
@@ -49,3 +56,20 @@ def test_the_live_heap_is_judged_by_its_floor_in_each_window() -> None:
     assert live_heap_floors(probes) == (96.0, 99.0)
     assert live_heap_floors([*probes[:6], (0.95, None)]) is None  # no jcmd: not judged
     assert live_heap_floors(probes[:4]) is None
+
+
+def test_lost_events_are_located_in_the_stream(stream: Settings) -> None:
+    """A failed verdict says where the missing events are: per shard, how many and the
+    records holding them; none in the stream means the replay never sent them."""
+
+    assert _where_missing(stream, set()) == {"in the stream": 0}
+    _put(stream, 12)
+    sent = read_events(aws.client("kinesis", stream), stream.kinesis_stream).valid
+    kept = set(sent["event_id"].iloc[:5])
+    where = _where_missing(stream, kept)
+    assert sum(shard["events"] for shard in where.values()) == 7
+    assert set(where) <= set(sent["shard_id"])
+    for shard_id, shard in where.items():
+        missing = sent[(sent["shard_id"] == shard_id) & ~sent["event_id"].isin(kept)]
+        assert (shard["first"], shard["last"]) == (missing["sequence_number"].iloc[0],
+                                                   missing["sequence_number"].iloc[-1])

@@ -38,8 +38,12 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     folder = tmp_path_factory.mktemp("serving")
     redis_server = RedisProcess(folder / "redis")
     redis_server.start()
+    # A deadline far above the 20 ms default: these tests compare answers with the store's
+    # features, and on a busy machine a read can take longer than 20 ms (a degraded answer,
+    # the scorer's right behaviour, but not what they check). Redis killed fails reads at once.
     settings = isolated(stack, folder).model_copy(update={
-        "redis": redis_server.connection_string, "model_poll_s": 1.0})
+        "redis": redis_server.connection_string, "model_poll_s": 1.0,
+        "serving_deadline_ms": 1000})
     _, valid = points_without_history(COSMETICS_NOVEMBER)
     model, _ = fit_model(points_without_history(COSMETICS_OCTOBER)[1], valid)
     model.metadata = {"validation": {"roc_auc": 0.7}, "checks_passed": True}
@@ -100,12 +104,14 @@ def test_an_unknown_session_is_scored_as_new_not_an_error(served: dict) -> None:
 
 
 def test_the_batch_endpoint_answers_in_order_up_to_100(served: dict) -> None:
-    keys = served["keys"][:100]
+    # One clock for both (the request-time features are measured from it).
+    keys = [{**key, "as_of": "2019-12-01T00:00:00+00:00"} for key in served["keys"][:100]]
     response = post(served["url"], "/v1/propensity/batch", {"requests": keys})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["session_id"] for r in results] == [k["session_id"] for k in keys]
     single = post(served["url"], "/v1/propensity", keys[3]).json()
+    assert not results[3]["degraded"] and not single["degraded"]
     assert results[3]["propensity"] == pytest.approx(single["propensity"], abs=1e-6)
     too_many = post(served["url"], "/v1/propensity/batch", {"requests": served["keys"][:101]})
     assert too_many.status_code == 422
@@ -243,22 +249,31 @@ def test_a_new_latest_is_swapped_in_under_load_without_a_failed_request(served: 
                             {"validation": {"roc_auc": 0.8}, "checks_passed": True,
                              "trained_on": "swap test"})
 
-    async def scenario() -> list:
+    async def scenario() -> tuple[list, float]:
         load = asyncio.create_task(steady_requests(served["url"], served["keys"], 6, 150))
         await asyncio.sleep(1.5)
         registration = await asyncio.to_thread(model_store.register, settings,
                                                newer.to_files(), 0.8, True)
         assert registration.promoted
-        return await load
+        deadline = time.monotonic() + 15
+        async with httpx.AsyncClient(timeout=2) as client:  # when the scorer has swapped
+            while (await client.get(f"{served['url']}/ready")).json()["model_version"] != (
+                    registration.version):
+                assert time.monotonic() < deadline, "the scorer never loaded the new latest"
+                await asyncio.sleep(0.05)
+        swapped_at = time.monotonic()
+        return await load, swapped_at
 
     try:
-        results = asyncio.run(scenario())
+        results, swapped_at = asyncio.run(scenario())
         new = model_store.latest(settings)
         versions = [body["model_version"] for _, status, body, _ in results if status == 200]
         assert len(versions) == len(results), "no request failed"
         assert versions[0] == old and versions[-1] == new
-        switched = versions.index(new)
-        assert set(versions[switched:]) == {new}, "once swapped, only the new model answers"
+        # Judged by when the scorer said it had swapped: requests in flight at once may be
+        # answered in another order than they were sent, on a busy machine.
+        after = {body["model_version"] for started, _, body, _ in results if started > swapped_at}
+        assert after == {new}, "once swapped, only the new model answers"
     finally:
         model_store.rollback(settings)
         deadline = time.monotonic() + 10
@@ -282,6 +297,7 @@ def test_overload_is_shed_with_429_not_queued(served: dict) -> None:
         assert set(statuses) <= {200, 429} and statuses.count(429) > 0 and 200 in statuses
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.headers["retry-after"] == "1"
-        shed = [line for line in httpx.get(f"{url}/metrics").text.splitlines()
-                if line.startswith("propensity_shed_total ")]
+        metrics = httpx.get(f"{url}/metrics").text.splitlines()
+        shed = [line for line in metrics if line.startswith("propensity_shed_total ")]
         assert shed and float(shed[0].split()[1]) == statuses.count(429)
+        assert "propensity_concurrency_limit 1.0" in metrics  # the maximum bounds the limit

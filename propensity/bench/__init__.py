@@ -3,7 +3,7 @@
 # The chaos suite's scenarios in the order they run (`propensity bench chaos --only NAME`);
 # here, so the CLI can offer them without importing the suite.
 CHAOS_SCENARIOS = ("stream-kill", "stream-redis", "kinesis-throttle", "scorer-redis",
-                   "scorer-overload", "soak")
+                   "scorer-overload", "scorer-overload-hog", "soak")
 # The soak's length: the full form's is also the least whose memory is judged (a shorter run
 # is inside the JVM's and the session state's warm-up); the short form (CI) only shows it.
 SOAK_FULL_S = 600

@@ -12,9 +12,11 @@
 - kinesis-throttle: the job and the replay reach Kinesis through a proxy that throttles a
   share of GetRecords, PutRecords, GetShardIterator and ListShards calls as Kinesis does:
   nothing lost or doubled.
-- scorer-overload: twice the scorer's sustainable rate: load shed with 429, the answered
-  requests' p99 within the budget, then at a normal rate every request answered with the
-  median back to normal.
+- scorer-overload: twice the scorer's capacity, measured first in the same run: load shed
+  with 429, the answered requests' p99 within the budget and no timeout, then at a quarter of
+  the capacity (nearly) every request answered with the median back near the unloaded one.
+- scorer-overload-hog: the same with another process keeping one core busy (the suite starts
+  and stops it): the concurrency limit follows the slower CPU.
 - soak: the streaming job and the scorer at a moderate rate of generated traffic (the real
   sample's shape, event times = now) for 10 minutes: their memory sampled every 5 s must not
   grow once settled (the job's fixed heap counted by the least it holds after full
@@ -43,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +61,7 @@ from propensity.bench.cpu import JVM, PYTHON_MAIN, PYTHON_WORKERS, kind_of
 from propensity.bench.load import run_as_process
 from propensity.bench.stream import produce_generated
 from propensity.demo import check_online, fresh_stack, register_shipped_model
-from propensity.kinesis import KinesisWriter, ShardMap, list_shards
+from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_events
 from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
 from propensity.replay import ReplaySummary, replay
 from propensity.settings import Settings
@@ -74,9 +77,6 @@ from propensity.testing import (
 from propensity.throttling_proxy import ThrottlingProxy
 from serving import LATENCY_BUDGET_MS
 from streaming.sinks import REDIS_RETRY_LOG
-
-# One scorer process on this 2-core machine, load generator included (README, bench serve).
-SUSTAINABLE_RPS = 2500.0
 
 
 @dataclass
@@ -128,19 +128,45 @@ def _wait_for_batches(settings: Settings, more: int, replayer: threading.Thread)
     return True
 
 
-def _lake_event_ids(settings: Settings) -> tuple[int, int]:
-    """(events, distinct event ids) in the settings' event lake."""
+def _lake_event_ids(settings: Settings) -> pa.ChunkedArray:
+    """The event ids in the settings' event lake, one per row."""
     lake = aws.read_parquet(settings, settings.events_uri)
-    ids = pa.chunked_array([], pa.string()) if lake is None else lake.column("event_id")
-    return len(ids), len(pc.unique(ids))
+    return pa.chunked_array([], pa.string()) if lake is None else lake.column("event_id")
 
 
 def _exactly_once(settings: Settings, summary: ReplaySummary) -> dict:
-    """What the lake holds of the replay: lost and doubled events (both should be 0)."""
-    rows, in_lake = _lake_event_ids(settings)
+    """What the lake holds of the replay: lost and doubled events (both should be 0), and
+    where in the stream any lost events are."""
+    ids = _lake_event_ids(settings)
+    in_lake = len(pc.unique(ids))
     distinct_sent = summary.sent - summary.duplicates
-    return {"events sent": summary.sent, "distinct": distinct_sent,
-            "lost": distinct_sent - in_lake, "counted twice": rows - in_lake}
+    figures = {"events sent": summary.sent, "distinct": distinct_sent,
+               "lost": distinct_sent - in_lake, "counted twice": len(ids) - in_lake}
+    if figures["lost"]:
+        figures["lost, where"] = _where_missing(settings, set(ids.to_pylist()))
+        figures["batches committed"] = committed_batches(settings.checkpoint_dir)
+        figures["last planned offsets"] = _last_offsets(settings.checkpoint_dir)
+    return figures
+
+
+def _last_offsets(checkpoint_dir: str) -> dict | None:
+    """The Kinesis positions of the checkpoint's last planned batch (its offset log's last
+    line), or None before the first."""
+    planned = sorted((Path(checkpoint_dir) / "offsets").glob("[0-9]*"), key=lambda p: int(p.name))
+    if not planned:
+        return None
+    return json.loads(planned[-1].read_text().strip().splitlines()[-1]).get("shards")
+
+
+def _where_missing(settings: Settings, in_lake: set[str]) -> dict:
+    """Per shard, the stream's events missing from the lake: how many, and the first and last
+    record sequence numbers holding them (none in the stream: the replay never sent them)."""
+    stream = read_events(aws.client("kinesis", settings), settings.kinesis_stream).valid
+    missing = stream[~stream["event_id"].isin(in_lake)]
+    return {shard: {"events": len(rows), "records": rows["sequence_number"].nunique(),
+                    "first": rows["sequence_number"].iloc[0],
+                    "last": rows["sequence_number"].iloc[-1]}
+            for shard, rows in missing.groupby("shard_id")} or {"in the stream": 0}
 
 
 def _nothing_lost(figures: dict) -> bool:
@@ -291,37 +317,97 @@ def scorer_requests_over(url: str, budget_ms: float) -> int:
     return int(total - within)
 
 
-# Recovered: every request answered (no 429 left) and the median back under this. A queue
-# left by the overload raises every request's latency, the median included (under overload
-# it is 12-13 ms); a p99 of a 3-second window moves with a single stall of the shared machine
-# (one of 19 ms failed a "p99 under 10 ms" line in CI while the median was normal).
-RECOVERED_P50_MS = 5.0
+# Recovered, at a normal rate after the overload (and the second its 429s asked the clients
+# to wait): no error but 429, at most this share shed, and the median back within this
+# factor of the unloaded median measured first in the same run (so a slower machine is
+# judged by its own speed). A queue left by the overload raises every request's latency, the
+# median included. Shedding is judged loosely: a stall of the shared machine of 30 ms at 500
+# requests/s brings 15 requests at once, and the limit rightly refuses some of them and
+# falls for a moment (seen in 6 of 18 runs: 0.1-1.3% of the requests shed after the
+# overload, with the fixed limit too). That the limit returns once the overload ends is
+# tests/test_limit.py's to show.
+# The normal rate is a quarter of the capacity found: at half, a stretch in which the shared
+# machine ran at half speed (seen in the short form) made it an overload of its own.
+NORMAL_SHARE = 0.25
+RECOVERED_SHED_SHARE = 0.05
+RECOVERED_P50_FACTOR = 3.0
+# Requests in flight while the scorer's capacity is measured (closed loop): the adaptive
+# limit's initial value, so the measurement sheds nothing.
+CAPACITY_CONNECTIONS = 16
+RETRY_AFTER_S = 1.0
+UNLOADED_RPS = 100.0
 
 
-def scorer_overload(settings: Settings, file: Path, folder: Path, sustainable: float,
-                    seconds: float) -> Outcome:
-    """Twice the sustainable rate over 256 connections: the excess shed with 429, the
-    answered requests' p99 within the budget; then half the sustainable rate: every request
-    answered, the median back to normal, the p99 within the budget."""
+@contextlib.contextmanager
+def cpu_hog(on: bool = True) -> Iterator[int | None]:
+    """Another process keeping one core busy for the block (its pid; None when `on` is
+    false), as a noisy neighbour or a CPU quota would."""
+    if not on:
+        yield None
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield hog.pid
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def scorer_overload(settings: Settings, file: Path, folder: Path, seconds: float,
+                    hog: bool = False) -> Outcome:
+    """The scorer's capacity measured first (closed loop, CAPACITY_CONNECTIONS in flight), and
+    its unloaded latency; then twice that capacity over 256 connections: the excess shed with
+    429, the answered requests' p99 within the budget, no timeout or other error; then a
+    quarter of the capacity: (nearly) every request answered, the median back near the
+    unloaded one, the p99 within the budget. `hog`: all of it with another process keeping
+    one core busy."""
     load_session_features(settings, file)
     bodies = folder / "bodies.jsonl"
     bodies.write_text("\n".join(json.dumps({"session_id": r["session_id"]})
                                 for r in session_requests(file)))
-    with running_scorer(settings) as url:
-        over = run_as_process(f"{url}/v1/propensity", bodies, 2 * sustainable, seconds, 256)
-        after = run_as_process(f"{url}/v1/propensity", bodies, sustainable / 2, seconds / 2)
-    other_errors = {k: v for k, v in over["errors"].items() if k != "429"}
-    recovered = (not after["errors"] and after["p50_ms"] < RECOVERED_P50_MS
+    with running_scorer(settings) as url, cpu_hog(hog):
+        target = f"{url}/v1/propensity"
+        unloaded = run_as_process(target, bodies, UNLOADED_RPS, 2)
+        capacity = run_as_process(target, bodies, None, seconds / 2, CAPACITY_CONNECTIONS)
+        sustainable = capacity["achieved_rps"]
+        over = run_as_process(target, bodies, 2 * sustainable, seconds, 256)
+        time.sleep(RETRY_AFTER_S)  # the shop's clients wait as the 429s asked
+        after = run_as_process(target, bodies, sustainable * NORMAL_SHARE, seconds / 2)
+        limits = _limit_metrics(url)
+    other_errors = _not_shed(over) | _not_shed(capacity)
+    refused_after = after["errors"].get("429", 0)
+    recovered = (not _not_shed(after) and refused_after <= RECOVERED_SHED_SHARE * after["sent"]
+                 and after["p50_ms"] < RECOVERED_P50_FACTOR * unloaded["p50_ms"]
                  and after["p99_ms"] < LATENCY_BUDGET_MS)
-    then = f"then at {sustainable / 2:.0f}/s"
-    return Outcome("scorer-overload", not other_errors and over["p99_ms"] < LATENCY_BUDGET_MS
+    then = f"then at {sustainable * NORMAL_SHARE:.0f}/s"
+    return Outcome("scorer-overload-hog" if hog else "scorer-overload",
+                   not other_errors and sustainable > 0 and over["p99_ms"] < LATENCY_BUDGET_MS
                    and recovered,
-                   {"offered/s": 2 * sustainable, "answered/s": round(over["achieved_rps"]),
+                   {"unloaded p50 ms": round(unloaded["p50_ms"], 2),
+                    "capacity/s": round(sustainable), "offered/s": round(2 * sustainable),
+                    "answered/s": round(over["achieved_rps"]),
                     "shed (429)": over["errors"].get("429", 0), "other errors": other_errors,
                     "p50 ms": round(over["p50_ms"], 1), "p99 ms": round(over["p99_ms"], 1),
-                    f"{then} errors": sum(after["errors"].values()),
+                    f"{then} shed": refused_after, f"{then} other errors": _not_shed(after),
                     f"{then} p50 ms": round(after["p50_ms"], 2),
-                    f"{then} p99 ms": round(after["p99_ms"], 2)})
+                    f"{then} p99 ms": round(after["p99_ms"], 2), **limits})
+
+
+def _not_shed(summary: dict) -> dict[str, int]:
+    """A load run's errors other than 429 (timeouts included)."""
+    return {k: v for k, v in summary["errors"].items() if k != "429"}
+
+
+def _limit_metrics(url: str) -> dict:
+    """The scorer's concurrency limit at the end, and its changes, from /metrics."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith("propensity_concurrency_limit "):
+            values["limit at the end"] = int(float(line.split()[1]))
+        elif line.startswith("propensity_concurrency_limit_changes_total{"):
+            direction = line.split('direction="')[1].split('"')[0]
+            values[f"limit changes {direction}"] = int(float(line.split()[1]))
+    return values
 
 
 # The soak's Spark sessions close after 2 minutes of inactivity (the minimum is 1 minute),
@@ -584,7 +670,7 @@ def _lake_count_when_caught_up(settings: Settings, sent: int, timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while True:
         time.sleep(10)
-        count = _lake_event_ids(settings)[1]
+        count = len(pc.unique(_lake_event_ids(settings)))
         if count >= sent or time.monotonic() > deadline:
             return count
 
@@ -631,7 +717,9 @@ def run_chaos(settings: Settings, file: Path, short: bool,
                     logs / "chaos-kinesis-throttle.log"),
                 "scorer-redis": lambda: scorer_redis(chaos, file, folder, 9 if short else 30),
                 "scorer-overload": lambda: scorer_overload(chaos, file, folder,
-                                                           SUSTAINABLE_RPS, 6 if short else 30),
+                                                           6 if short else 30),
+                "scorer-overload-hog": lambda: scorer_overload(chaos, file, folder,
+                                                               6 if short else 30, hog=True),
                 "soak": lambda: soak(chaos, file, folder, soak_seconds, 200, 50,
                                      logs / "chaos-soak.log",
                                      judge_memory=soak_seconds >= SOAK_FULL_S),

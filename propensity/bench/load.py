@@ -1,6 +1,7 @@
 """An open-loop HTTP load generator, run as a process of its own:
 
     python -m propensity.bench.load URL --rps R --duration S --bodies FILE [--connections C]
+    python -m propensity.bench.load URL --closed --duration S --bodies FILE [--connections C]
 
 Request i is due at start + i / R whatever happened before; its latency runs from that due
 time to the end of its response, so a server that falls behind shows it (no coordinated
@@ -8,7 +9,9 @@ omission); one unanswered 5 s after its due time counts as an error (the run sta
 bounded). Requests go over C keep-alive HTTP/1.1 connections (raw asyncio streams on uvloop:
 the generator must cost the 2-core machine little). `--bodies` is a JSON-lines file of request
 bodies, sent in turn. Prints one JSON object: sent, ok, errors by kind, achieved rate and
-latency percentiles in ms.
+latency percentiles in ms. `--closed` measures capacity instead: each connection sends its
+next request as soon as the last is answered, so the rate achieved is what the server
+sustains with C requests in flight.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -75,16 +79,17 @@ class Connection:
         self.reader = self.writer = None
 
 
-async def run_load(url: str, bodies: list[bytes], rps: float, duration_s: float,
+async def run_load(url: str, bodies: list[bytes], rps: float | None, duration_s: float,
                    connections: int = 32, headers: dict[str, str] | None = None,
                    timeout_s: float = 5.0) -> LoadResult:
     parsed = urlparse(url)
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     heads = {}
     result = LoadResult()
+    pool = [Connection(parsed.hostname, parsed.port) for _ in range(connections)]
     idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(Connection(parsed.hostname, parsed.port))
+    for connection in pool:
+        idle.put_nowait(connection)
 
     def head(length: int) -> bytes:
         if length not in heads:
@@ -116,6 +121,8 @@ async def run_load(url: str, bodies: list[bytes], rps: float, duration_s: float,
         finally:
             idle.put_nowait(connection)
 
+    if rps is None:
+        return await _closed_loop(pool, duration_s, bodies, head, result)
     tasks = set()
     start = time.perf_counter()
     total = int(rps * duration_s)
@@ -135,14 +142,49 @@ async def run_load(url: str, bodies: list[bytes], rps: float, duration_s: float,
     return result
 
 
-def run_as_process(url: str, bodies: Path, rps: float, duration_s: float,
+async def _closed_loop(connections: list[Connection], duration_s: float, bodies: list[bytes],
+                       head: Any, result: LoadResult) -> LoadResult:
+    """Each connection sends its next request as soon as the last is answered, for
+    `duration_s`: the rate achieved is what the server sustains with that many requests in
+    flight (latency from each request's send)."""
+    start = time.perf_counter()
+    deadline = start + duration_s
+
+    async def loop(connection: Connection, first: int) -> None:
+        i = first
+        while (sent := time.perf_counter()) < deadline:
+            body = bodies[i % len(bodies)]
+            i += len(connections)
+            result.sent += 1
+            try:
+                status = await connection.request(head(len(body)), body)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+                result.errors[type(error).__name__] = result.errors.get(
+                    type(error).__name__, 0) + 1
+                connection.close()
+                continue
+            if status == 200:
+                result.ok += 1
+                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+            else:
+                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+        connection.close()
+
+    await asyncio.gather(*(loop(c, i) for i, c in enumerate(connections)))
+    result.elapsed_s = time.perf_counter() - start
+    return result
+
+
+def run_as_process(url: str, bodies: Path, rps: float | None, duration_s: float,
                    connections: int = 32) -> dict:
     """This generator in a process of its own (so it does not share the caller's GIL);
-    returns its summary."""
+    returns its summary. `rps` None: closed loop (each connection sends again as soon as it
+    is answered)."""
     import subprocess
 
+    rate = ["--closed"] if rps is None else ["--rps", str(rps)]
     done = subprocess.run(
-        [sys.executable, "-m", "propensity.bench.load", url, "--rps", str(rps), "--duration",
+        [sys.executable, "-m", "propensity.bench.load", url, *rate, "--duration",
          str(duration_s), "--bodies", str(bodies), "--connections", str(connections)],
         capture_output=True, text=True, check=True, timeout=duration_s + 120)
     return json.loads(done.stdout)
@@ -151,7 +193,10 @@ def run_as_process(url: str, bodies: Path, rps: float, duration_s: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m propensity.bench.load")
     parser.add_argument("url")
-    parser.add_argument("--rps", type=float, required=True)
+    rate = parser.add_mutually_exclusive_group(required=True)
+    rate.add_argument("--rps", type=float, help="requests per second, open loop")
+    rate.add_argument("--closed", action="store_true",
+                      help="closed loop: each connection sends again once answered")
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--bodies", type=Path, required=True, help="JSON lines")
     parser.add_argument("--connections", type=int, default=32)
@@ -161,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     headers = dict(h.split(":", 1) for h in args.header)
     import uvloop
 
-    result = uvloop.run(run_load(args.url, bodies, args.rps, args.duration,
+    result = uvloop.run(run_load(args.url, bodies, None if args.closed else args.rps,
+                                 args.duration,
                                  args.connections, headers))
     json.dump(result.summary(), sys.stdout)
     return 0
