@@ -12,6 +12,7 @@ import psutil
 from propensity.bench.cpu import (
     DRIVER,
     EXECUTORS,
+    JIT,
     JVM,
     PYTHON_MAIN,
     PYTHON_WORKERS,
@@ -33,6 +34,33 @@ def test_cpu_used_between_two_moments_by_role() -> None:
     assert used(samples, EXECUTORS, 10.5, 11.5) == 2.0 + 0.5
     assert used(samples, DRIVER, 0.0, 9.0) == 0.0
     assert used(samples, f"{DRIVER}/{PYTHON_MAIN}", 10.0, 12.0) == 0.0
+
+
+def test_a_jvms_compiler_threads_count_apart_and_not_twice() -> None:
+    jvm, jit = f"{DRIVER}/{JVM}", f"{JIT}:{DRIVER}"
+    samples = [(10.0, {1: (jvm, 5.0), "1/7": (jit, 2.0), "1/8": (jit, 1.0)}),
+               (11.0, {1: (jvm, 7.0), "1/7": (jit, 3.5)})]  # thread 8 ended: keeps 1.0
+    assert used(samples, DRIVER, 10.0, 11.0) == 2.0  # the process's own total only
+    assert used(samples, jit, 10.0, 11.0) == 1.5
+
+
+def test_a_real_jvms_compiler_threads_are_found(tmp_path) -> None:
+    source = tmp_path / "Busy.java"
+    source.write_text("public class Busy { public static void main(String[] a) { long s = 0; "
+                      "long end = System.nanoTime() + 4_000_000_000L; while (System.nanoTime() "
+                      "< end) { for (int i = 0; i < 1000; i++) s += Long.toString(i).hashCode(); }"
+                      " System.out.println(s); } }")
+    java = subprocess.Popen(["java", str(source)], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(2.5)  # the source launcher compiles Busy in the JVM: its JIT is busy
+        found = roles(psutil.Process(os.getpid()))
+        assert found[java.pid][0] == f"{DRIVER}/{JVM}"
+        compiled = {k: v for k, v in found.items() if str(k).startswith(f"{java.pid}/")}
+        assert compiled and {role for role, _ in compiled.values()} == {f"{JIT}:{DRIVER}"}
+        assert 0 < sum(seconds for _, seconds in compiled.values()) <= found[java.pid][1]
+    finally:
+        java.kill()
+        java.wait()
 
 
 def test_an_executor_jvm_and_its_children_count_as_executors() -> None:

@@ -30,7 +30,7 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from propensity import aws
 from propensity import features as F
-from propensity.bench.cpu import DRIVER, EXECUTORS, KINDS, CpuTrace
+from propensity.bench.cpu import DRIVER, EXECUTORS, JIT, KINDS, CpuTrace
 from propensity.bench.profile import JobProfiler
 from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
@@ -91,7 +91,8 @@ class StreamBenchResult:
             f" {self.warmup_s:.0f} s warm-up, {self.unresolved} never readable)",
             f"  CPU        driver {self.cpu_per_10k(DRIVER):.2f} s ("
             + ", ".join(f"{kind} {self.cpu_per_10k(f'{DRIVER}/{kind}'):.2f}" for kind in KINDS)
-            + f"), executors {self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events; driver "
+            + f"; its JVM's JIT compiler {self.cpu_per_10k(f'{JIT}:{DRIVER}'):.2f}), "
+            f"executors {self.cpu_per_10k(EXECUTORS):.2f} s per 10,000 events; driver "
             f"{self.cores(DRIVER):.2f} cores, executors {self.cores(EXECUTORS):.2f} cores busy "
             f"(Spark master {self.master}; {self.measured_events:,.0f} events in the "
             f"{self.measured_s:.0f} s after the warm-up)",
@@ -156,7 +157,8 @@ def run_stream_bench(base: Settings, rate: float, duration_s: float, shape: Path
     result.measured_events = result.sent * max(0.0, 1 - warmup_s / result.send_s)
     result.measured_s = max(0.0, measured_to - measured_from)
     result.cpu_s = {role: cpu.used(role, measured_from, measured_to)
-                    for role in (DRIVER, EXECUTORS, *(f"{DRIVER}/{kind}" for kind in KINDS))}
+                    for role in (DRIVER, EXECUTORS, *(f"{DRIVER}/{kind}" for kind in KINDS),
+                                 f"{JIT}:{DRIVER}", f"{JIT}:{EXECUTORS}")}
     return result
 
 
