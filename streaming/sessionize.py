@@ -224,6 +224,6 @@ def output_frame(rows: list[tuple]) -> pd.DataFrame:
     columns, so nullable integers stay exact; timestamps as UTC datetimes."""
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(OUTPUT_SCHEMA)
     return pd.DataFrame({
-        name: (pd.to_datetime(pd.Series(column, dtype="Int64"), unit="us", utc=True)
-               if name in _TIMESTAMP_COLUMNS else pd.Series(column, dtype=object))
+        name: (F.utc_times(column) if name in _TIMESTAMP_COLUMNS
+               else pd.Series(column, dtype=object))
         for name, column in zip(OUTPUT_SCHEMA.names, columns, strict=True)})

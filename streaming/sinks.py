@@ -318,7 +318,7 @@ def quarantine_table(invalid: pa.Table, late: pa.Table) -> pa.Table:
         late_values = unpack(late.column("record").to_pylist(), EVENT_RECORD)
         late_values["user_session"] = late.column("user_session").to_pylist()
         frame = pd.DataFrame({name: late_values[name] for name in events.FIELD_NAMES})
-        frame["event_time"] = pd.to_datetime(frame["event_time"], unit="us", utc=True)
+        frame["event_time"] = F.utc_times(frame["event_time"])
         late_values[events.PAYLOAD] = [p.decode() for p in events.to_json(frame)]
         late_values[events.REASON] = [LATE] * late.num_rows
         late_values[events.DETAIL] = ["event time older than the watermark"] * late.num_rows

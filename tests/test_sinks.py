@@ -140,3 +140,15 @@ def test_a_worker_freezes_its_heap_once(monkeypatch: pytest.MonkeyPatch) -> None
     for _ in range(3):
         spark.freeze_worker_heap()
     assert calls == [1]
+
+
+def test_utc_times_equal_pandas_conversion_with_unknowns_as_nat() -> None:
+    micros = [1_569_888_000_000_000, None, 1_569_888_000_000_001] * 40  # > pandas' cache size
+    got = F.utc_times(micros)
+    assert got.dtype == "datetime64[us, UTC]"
+    pd.testing.assert_series_equal(
+        got, pd.to_datetime(pd.Series(micros, dtype="Int64"), unit="us", utc=True))
+    floats = pd.Series([1.569888e15, np.nan])  # a frame's column of times with gaps
+    assert F.utc_times(floats).isna().tolist() == [False, True]
+    assert F.utc_times(floats)[0] == pd.Timestamp("2019-10-01", tz="UTC")
+    assert len(F.utc_times([])) == 0
