@@ -21,6 +21,7 @@ from tests.test_kinesis_source import _put
 
 
 @pytest.mark.alone  # its verdicts judge the scorer's latency on this machine's CPU
+@pytest.mark.timeout(1800)  # about 600 s on a quiet machine, 900 s beside a CPU hog
 def test_the_short_chaos_suite_passes(tmp_path: Path) -> None:
     outcomes = run_chaos(Settings(PROPENSITY_HOME=tmp_path), MULTICAT_SAMPLE, short=True)
     assert [o.name for o in outcomes] == ["stream-kill", "stream-redis", "kinesis-throttle",
