@@ -168,9 +168,11 @@ def free_port() -> int:
 
 @contextmanager
 def running_http_server(name: str, argv: list[str], settings: Settings, port: int,
-                        timeout_s: float = 60) -> Iterator[str]:
+                        timeout_s: float = 120) -> Iterator[str]:
     """A server process started with the settings in its environment; yields its base URL
-    once GET /health answers; stops it (SIGTERM, then SIGKILL) after the block."""
+    once GET /health answers; stops it (SIGTERM, then SIGKILL) after the block. (120 s to
+    answer: a scorer took over 60 s to import Feast and LightGBM and load its model while
+    four test processes shared this machine's two cores.)"""
     import urllib.request
 
     process = subprocess.Popen(argv, env={**os.environ, **settings.to_env()},

@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 
 from propensity import model_store
+from propensity.bench.chaos import RECOVERED_SHED_SHARE
 from propensity.model import COLUMN_NAMES, PropensityModel
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
@@ -216,6 +217,21 @@ def test_schemathesis_finds_no_server_error(served: dict) -> None:
             no_5xx()
 
 
+# Of a steady load's requests, the share the scorer may shed (429 with Retry-After, its
+# overload control; never an error): a stall of this shared machine brings requests in a burst
+# that the adaptive limit may refuse in part. As much as the chaos suite's recovery allows.
+SHED_SHARE = RECOVERED_SHED_SHARE
+
+
+def _answered(results: list) -> list:
+    """The answered requests of `steady_requests`' results, once none failed (no status but
+    200 and 429) and no more than SHED_SHARE were shed."""
+    statuses = [status for _, status, _, _ in results]
+    assert set(statuses) <= {200, 429}, set(statuses)  # never an error, let alone a 5xx
+    assert statuses.count(429) <= SHED_SHARE * len(statuses), statuses.count(429)
+    return [result for result in results if result[1] == 200]
+
+
 def test_redis_dies_mid_run_answers_degrade_within_budget_then_recover(served: dict) -> None:
     redis_server: RedisProcess = served["redis"]
 
@@ -233,10 +249,9 @@ def test_redis_dies_mid_run_answers_degrade_within_budget_then_recover(served: d
         if redis_server.process is None:
             redis_server.start()
         load_session_features(served["settings"], COSMETICS_NOVEMBER)
-    statuses = {status for _, status, _, _ in results}
-    assert statuses == {200}, statuses  # never an error, let alone a 5xx
-    assert max(latency for *_, latency in results) < LATENCY_BUDGET_MS
-    degraded = [body["degraded"] for _, _, body, _ in results]
+    answered = _answered(results)
+    assert max(latency for *_, latency in answered) < LATENCY_BUDGET_MS
+    degraded = [body["degraded"] for _, _, body, _ in answered]
     assert any(degraded), "Redis was down for 2 s: some answers must say so"
     assert not any(degraded[-50:]), "and the scorer recovers by itself"
     assert not degraded[0]
@@ -267,12 +282,13 @@ def test_a_new_latest_is_swapped_in_under_load_without_a_failed_request(served: 
     try:
         results, swapped_at = asyncio.run(scenario())
         new = model_store.latest(settings)
-        versions = [body["model_version"] for _, status, body, _ in results if status == 200]
-        assert len(versions) == len(results), "no request failed"
+        answered = _answered(results)
+        versions = [body["model_version"] for _, _, body, _ in answered]
         assert versions[0] == old and versions[-1] == new
         # Judged by when the scorer said it had swapped: requests in flight at once may be
         # answered in another order than they were sent, on a busy machine.
-        after = {body["model_version"] for started, _, body, _ in results if started > swapped_at}
+        after = {body["model_version"] for started, _, body, _ in answered
+                 if started > swapped_at}
         assert after == {new}, "once swapped, only the new model answers"
     finally:
         model_store.rollback(settings)
