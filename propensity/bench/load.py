@@ -37,6 +37,17 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
 
+    def answered(self, status: int, since: float) -> None:
+        """An answer: ok (its latency from `since`, a perf_counter time) or an error status."""
+        if status == 200:
+            self.ok += 1
+            self.latencies_ms.append((time.perf_counter() - since) * 1000)
+        else:
+            self.failed(str(status))
+
+    def failed(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
     def summary(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
         p50, p95, p99, p999 = np.percentile(lat, [50, 95, 99, 99.9])
@@ -104,19 +115,13 @@ async def run_load(url: str, bodies: list[bytes], rps: float | None, duration_s:
         try:
             connection = await asyncio.wait_for(idle.get(), due + timeout_s - time.perf_counter())
         except TimeoutError:
-            result.errors["TimeoutError"] = result.errors.get("TimeoutError", 0) + 1
+            result.failed("TimeoutError")
             return
         try:
-            status = await asyncio.wait_for(connection.request(head(len(body)), body),
-                                            due + timeout_s - time.perf_counter())
-            if status == 200:
-                result.ok += 1
-                result.latencies_ms.append((time.perf_counter() - due) * 1000)
-            else:
-                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
+            result.answered(await asyncio.wait_for(connection.request(head(len(body)), body),
+                                                   due + timeout_s - time.perf_counter()), due)
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
-            kind = type(error).__name__
-            result.errors[kind] = result.errors.get(kind, 0) + 1
+            result.failed(type(error).__name__)
             connection.close()
         finally:
             idle.put_nowait(connection)
@@ -157,17 +162,10 @@ async def _closed_loop(connections: list[Connection], duration_s: float, bodies:
             i += len(connections)
             result.sent += 1
             try:
-                status = await connection.request(head(len(body)), body)
+                result.answered(await connection.request(head(len(body)), body), sent)
             except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-                result.errors[type(error).__name__] = result.errors.get(
-                    type(error).__name__, 0) + 1
+                result.failed(type(error).__name__)
                 connection.close()
-                continue
-            if status == 200:
-                result.ok += 1
-                result.latencies_ms.append((time.perf_counter() - sent) * 1000)
-            else:
-                result.errors[str(status)] = result.errors.get(str(status), 0) + 1
         connection.close()
 
     await asyncio.gather(*(loop(c, i) for i, c in enumerate(connections)))
