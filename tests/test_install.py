@@ -58,7 +58,9 @@ def test_the_bare_package_serves_what_the_full_install_serves(bare: Path, stack:
     left_out = {d for modules in EXTRAS.values() for d in modules}
     assert "feast" in installed and not installed & left_out, installed & left_out
 
-    settings = isolated(stack, tmp_path)
+    # The answers are compared, not their speed: a busy machine (make test's two lanes) took
+    # the first read past the 20 ms deadline, and a degraded answer is scored without features.
+    settings = isolated(stack, tmp_path).model_copy(update={"serving_deadline_ms": 10_000})
     load_session_features(settings, MULTICAT_SAMPLE)
     register_shipped_model(settings)
     requests = session_requests(MULTICAT_SAMPLE)[:100]
