@@ -46,25 +46,31 @@ $(EMR_STAMP): pyproject.toml constraints.txt $(EMR_RUNTIME)
 	$(EMR_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
-# The tests, while the jobs' tests run on the EMR runtime's pyspark beside them (two processes
-# for this machine's two cores); then the tests marked `alone` (the chaos suite judges the
-# scorer's latency on this machine's CPU) by themselves. Every part runs whatever another part
-# did; the target fails if any failed. On a machine with more cores, TEST_WORKERS=N runs the
-# first part on N pytest-xdist workers (a module's tests stay together, see tests/conftest.py);
-# here 3 workers with the EMR pass beside took 41 min for the first part alone (one process
-# took 35 min for all the tests, 2026-12-06): the JVMs fought for the two cores, and timed
-# tests out.
+# The tests in two lanes, then a third part: the main tests in one process; beside them, the
+# jobs' tests on the EMR runtime's pyspark and then the tests marked `beside` (the chaos
+# suite's fault scenarios: long, mostly waiting, sized for a busy machine); when both lanes
+# are done, the tests marked `alone` (the chaos scenarios that judge the scorer's latency on
+# this machine's CPU) by themselves. Every part runs whatever another part did; the target
+# fails if any failed. On a machine with more cores, TEST_WORKERS=N runs the main lane on N
+# pytest-xdist workers (a module's tests stay together, see tests/conftest.py); here 3
+# workers with the EMR pass beside took 41 min for the main lane alone (one process took 35
+# min for all the tests, 2026-12-06): the JVMs fought for the two cores, and timed tests out.
 TEST_WORKERS ?= 0
 EMR_LOG := $(EMR_VENV)/test.log
+BESIDE_LOG := $(VENV)/test-beside.log
 
 test: $(STAMP) $(CHECKOV_STAMP) $(EMR_STAMP) lint
-	@( $(MAKE) --no-print-directory test-emr > $(EMR_LOG) 2>&1; echo $$? > $(EMR_LOG).status ) & \
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not alone" --durations=25; \
+	@( $(MAKE) --no-print-directory test-emr > $(EMR_LOG) 2>&1; echo $$? > $(EMR_LOG).status; \
+	   $(BIN)/pytest -q -m beside --durations=5 > $(BESIDE_LOG) 2>&1; \
+	   echo $$? > $(BESIDE_LOG).status ) & \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not alone and not beside" \
+	    --durations=25; \
 	main=$$?; wait; echo "--- the jobs' tests on the EMR runtime's pyspark:"; cat $(EMR_LOG); \
-	emr=$$(cat $(EMR_LOG).status); \
+	echo "--- the tests that run beside:"; cat $(BESIDE_LOG); \
+	emr=$$(cat $(EMR_LOG).status); beside=$$(cat $(BESIDE_LOG).status); \
 	echo "--- the tests that run alone:"; $(BIN)/pytest -q -m alone --durations=5; alone=$$?; \
-	echo "make test: main $$main, EMR runtime $$emr, alone $$alone (0: passed)"; \
-	test $$main -eq 0 -a $$emr -eq 0 -a $$alone -eq 0
+	echo "make test: main $$main, EMR runtime $$emr, beside $$beside, alone $$alone (0: passed)"; \
+	test $$main -eq 0 -a $$emr -eq 0 -a $$beside -eq 0 -a $$alone -eq 0
 
 # The streaming, batch and dataset tests again, on the EMR runtime's pyspark.
 test-emr: $(EMR_STAMP)
