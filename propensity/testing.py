@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -166,17 +166,28 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def on_cores(cores: Collection[int] | None) -> Callable[[], None] | None:
+    """A Popen `preexec_fn` that keeps the child, and every thread it starts, on `cores`
+    (None: wherever the kernel puts it)."""
+    if not cores:
+        return None
+    chosen = set(cores)
+    return lambda: os.sched_setaffinity(0, chosen)
+
+
 @contextmanager
 def running_http_server(name: str, argv: list[str], settings: Settings, port: int,
-                        timeout_s: float = 120) -> Iterator[str]:
-    """A server process started with the settings in its environment; yields its base URL
-    once GET /health answers; stops it (SIGTERM, then SIGKILL) after the block. (120 s to
-    answer: a scorer took over 60 s to import Feast and LightGBM and load its model while
-    four test processes shared this machine's two cores.)"""
+                        timeout_s: float = 120, cores: Collection[int] | None = None
+                        ) -> Iterator[str]:
+    """A server process started with the settings in its environment (on `cores`, if
+    given); yields its base URL once GET /health answers; stops it (SIGTERM, then SIGKILL)
+    after the block. (120 s to answer: a scorer took over 60 s to import Feast and LightGBM
+    and load its model while four test processes shared this machine's two cores.)"""
     import urllib.request
 
     process = subprocess.Popen(argv, env={**os.environ, **settings.to_env()},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=on_cores(cores))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
@@ -201,14 +212,15 @@ def running_http_server(name: str, argv: list[str], settings: Settings, port: in
 
 
 def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
-                   python: str | Path = sys.executable
+                   python: str | Path = sys.executable, cores: Collection[int] | None = None
                    ) -> contextlib.AbstractContextManager[str]:
     """`propensity serve` on 127.0.0.1 with these settings, for a block (its base URL);
-    `python`: the interpreter of another install to serve from (the scorer image's, say)."""
+    `python`: the interpreter of another install to serve from (the scorer image's, say);
+    `cores`: the CPUs it may run on (all by default)."""
     port = port or free_port()
     return running_http_server(
         "the scorer", [str(python), "-m", "propensity.cli", "serve", "--port", str(port),
-                       "--workers", str(workers)], settings, port)
+                       "--workers", str(workers)], settings, port, cores=cores)
 
 
 class RedisProcess:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ from propensity.testing import (
     free_port,
     isolated,
     load_session_features,
+    on_cores,
     running_scorer,
     session_requests,
     steady_requests,
@@ -402,18 +403,32 @@ UNLOADED_RPS = 100.0
 
 
 @contextlib.contextmanager
-def cpu_hog(on: bool = True) -> Iterator[int | None]:
+def cpu_hog(on: bool = True, cores: Collection[int] | None = None) -> Iterator[int | None]:
     """Another process keeping one core busy for the block (its pid; None when `on` is
-    false), as a noisy neighbour or a CPU quota would."""
+    false), as a noisy neighbour or a CPU quota would; on `cores` if given."""
     if not on:
         yield None
         return
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                           preexec_fn=on_cores(cores))
     try:
         yield hog.pid
     finally:
         hog.kill()
         hog.wait()
+
+
+def cores_apart() -> tuple[set[int] | None, set[int] | None]:
+    """The scorer's core and the shop's (the load generator's): in production the shop's
+    backend calls from machines of its own, so here the generator's CPU (it sends and reads
+    twice the scorer's capacity) is kept off the scorer's core, and the suite's CPU hog
+    shares the scorer's, the worst place a neighbour can be. Anything else on the machine
+    (another process's hog included) runs wherever the kernel puts it. With one core: (None,
+    None), everything shares it."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None, None
+    return {allowed[-1]}, set(allowed[:-1])
 
 
 def scorer_overload(settings: Settings, file: Path, folder: Path, seconds: float,
@@ -428,14 +443,17 @@ def scorer_overload(settings: Settings, file: Path, folder: Path, seconds: float
     bodies = folder / "bodies.jsonl"
     bodies.write_text("\n".join(json.dumps({"session_id": r["session_id"]})
                                 for r in session_requests(file)))
-    with running_scorer(settings) as url, cpu_hog(hog):
+    scorer_cores, shop_cores = cores_apart()
+    with running_scorer(settings, cores=scorer_cores) as url, cpu_hog(hog, scorer_cores):
         target = f"{url}/v1/propensity"
-        unloaded = run_as_process(target, bodies, UNLOADED_RPS, 2)
-        capacity = run_as_process(target, bodies, None, seconds / 2, CAPACITY_CONNECTIONS)
+        unloaded = run_as_process(target, bodies, UNLOADED_RPS, 2, cores=shop_cores)
+        capacity = run_as_process(target, bodies, None, seconds / 2, CAPACITY_CONNECTIONS,
+                                  cores=shop_cores)
         sustainable = capacity["achieved_rps"]
-        over = run_as_process(target, bodies, 2 * sustainable, seconds, 256)
+        over = run_as_process(target, bodies, 2 * sustainable, seconds, 256, cores=shop_cores)
         time.sleep(RETRY_AFTER_S)  # the shop's clients wait as the 429s asked
-        after = run_as_process(target, bodies, sustainable * NORMAL_SHARE, seconds / 2)
+        after = run_as_process(target, bodies, sustainable * NORMAL_SHARE, seconds / 2,
+                               cores=shop_cores)
         limits = _limit_metrics(url)
     other_errors = _not_shed(over) | _not_shed(capacity)
     refused_after = after["errors"].get("429", 0)

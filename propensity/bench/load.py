@@ -21,6 +21,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,17 +175,20 @@ async def _closed_loop(connections: list[Connection], duration_s: float, bodies:
 
 
 def run_as_process(url: str, bodies: Path, rps: float | None, duration_s: float,
-                   connections: int = 32) -> dict:
-    """This generator in a process of its own (so it does not share the caller's GIL);
-    returns its summary. `rps` None: closed loop (each connection sends again as soon as it
-    is answered)."""
+                   connections: int = 32, cores: Collection[int] | None = None) -> dict:
+    """This generator in a process of its own (so it does not share the caller's GIL), on
+    `cores` if given; returns its summary. `rps` None: closed loop (each connection sends
+    again as soon as it is answered)."""
     import subprocess
+
+    from propensity.testing import on_cores
 
     rate = ["--closed"] if rps is None else ["--rps", str(rps)]
     done = subprocess.run(
         [sys.executable, "-m", "propensity.bench.load", url, *rate, "--duration",
          str(duration_s), "--bodies", str(bodies), "--connections", str(connections)],
-        capture_output=True, text=True, check=True, timeout=duration_s + 120)
+        capture_output=True, text=True, check=True, timeout=duration_s + 120,
+        preexec_fn=on_cores(cores))
     return json.loads(done.stdout)
 
 
