@@ -115,6 +115,12 @@ def s3_key(uri: str) -> str:
     return f"{parsed.netloc}{parsed.path}".rstrip("/")
 
 
+def s3_location(uri: str) -> tuple[str, str]:
+    """`s3://bucket/prefix` as (bucket, key prefix without a trailing slash; "" for none)."""
+    bucket, _, prefix = s3_key(uri).partition("/")
+    return bucket, prefix
+
+
 def read_parquet(settings: Settings, uri: str) -> Any:
     """A Parquet dataset on S3 (hive-partitioned, as the jobs write it) as an Arrow table;
     None when nothing is there yet."""

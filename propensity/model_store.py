@@ -23,7 +23,7 @@ from typing import Any
 
 from propensity import aws
 from propensity.model import PropensityModel
-from propensity.settings import Settings, s3_bucket
+from propensity.settings import Settings
 
 MODEL_NAME = "propensity"
 LATEST = "latest.json"
@@ -44,8 +44,8 @@ class VersionInfo:
 
 def _prefix(settings: Settings) -> tuple[str, str]:
     """(bucket, key prefix ending in /) of the model's folder."""
-    key = aws.s3_key(settings.models_uri).split("/", 1)
-    return s3_bucket(settings.models_uri), f"{key[1] + '/' if len(key) > 1 else ''}{MODEL_NAME}/"
+    bucket, prefix = aws.s3_location(settings.models_uri)
+    return bucket, f"{prefix + '/' if prefix else ''}{MODEL_NAME}/"
 
 
 @functools.lru_cache(maxsize=8)

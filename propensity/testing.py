@@ -111,6 +111,7 @@ def isolated(settings: Settings, folder: Path, shards: int = 2) -> Settings:
         "quarantine_uri": f"s3://propensity-lake/{name}/quarantine",
         "features_uri": f"s3://propensity-features/{name}/features",
         "models_uri": f"s3://propensity-models/{name}/models",
+        "predictions_uri": f"s3://propensity-predictions/{name}/log",
         "checkpoint_dir": str(folder / "checkpoints"),
         "feast_registry": str(folder / "feast" / "registry.db"),
     })

@@ -32,12 +32,13 @@ from prometheus_client import (
 )
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from propensity import model_store
+from propensity import aws, model_store
 from propensity.model import PropensityModel
 from propensity.settings import Settings
 from serving import LATENCY_BUDGET_MS, scoring
 from serving.limit import AdaptiveLimit, LimitChange
 from serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
+from serving.prediction_log import CHAMPION, LogMetrics, Prediction, PredictionLog, new_request_id
 
 log = logging.getLogger("propensity.serving")
 
@@ -81,6 +82,7 @@ class Contribution(BaseModel):
 
 
 class PropensityResponse(BaseModel):
+    request_id: str = Field(description="this answer's id in the prediction log")
     session_id: str
     propensity: float = Field(ge=0, le=1, description="calibrated purchase probability")
     model_version: str
@@ -131,6 +133,7 @@ class Metrics:
                                   "garbage-collector pauses (every request waits them out)",
                                   ["generation"], buckets=_BUCKETS, registry=self.registry)
         self._gc_started = 0.0
+        self.log = LogMetrics(self.registry)
 
     def watch_gc(self) -> Callable[[str, dict], None]:
         """Times every collection of this process (gc.callbacks), by generation; returns the
@@ -320,6 +323,7 @@ def create_app(settings: Settings | None = None) -> Any:
                           minimum=min(MIN_IN_PROGRESS, settings.serving_max_in_progress),
                           maximum=settings.serving_max_in_progress)
     state: dict[str, Any] = {}
+    predictions = prediction_log(settings, metrics.log) if settings.prediction_log else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -337,7 +341,10 @@ def create_app(settings: Settings | None = None) -> Any:
         gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
         lag_watch = asyncio.create_task(shedder.watch_loop_lag())  # the app's outer layer
+        log_writer = asyncio.create_task(predictions.run()) if predictions else None
         yield
+        if predictions:
+            await predictions.close(log_writer)
         gc.callbacks.remove(gc_timer)
         poller.cancel()
         lag_watch.cancel()
@@ -360,15 +367,20 @@ def create_app(settings: Settings | None = None) -> Any:
         return [empty() for _ in entities], True
 
     def answer(model: PropensityModel, request: PropensityRequest, found: Found,
-               degraded: bool, now: datetime) -> dict[str, Any]:
-        propensity, row = scoring.score(model, scoring.model_values(found.values, now))
+               degraded: bool, answered_at: datetime) -> dict[str, Any]:
+        as_of = request.as_of or answered_at
+        propensity, row = scoring.score(model, scoring.model_values(found.values, as_of))
         updated = found.session_updated_at()
-        out = {"session_id": request.session_id, "propensity": propensity,
-               "model_version": model.version, "degraded": degraded,
+        out = {"request_id": new_request_id(), "session_id": request.session_id,
+               "propensity": propensity, "model_version": model.version, "degraded": degraded,
                "feature_age_seconds": None if updated is None
-               else max(0.0, (now - updated).total_seconds())}
+               else max(0.0, (as_of - updated).total_seconds())}
         if request.explain:
             out["explanation"] = scoring.explain(model, row)
+        if predictions:
+            predictions.offer(Prediction(
+                out["request_id"], answered_at, as_of, request.session_id, request.user_id,
+                request.product_id, model.version, CHAMPION, propensity, degraded, row))
         return out
 
     async def score(requests: list[PropensityRequest]) -> list[dict[str, Any]]:
@@ -379,7 +391,7 @@ def create_app(settings: Settings | None = None) -> Any:
                                       for r in requests])
         started = time.perf_counter()
         now = datetime.now(UTC)
-        results = [answer(model, r, f, degraded, r.as_of or now)
+        results = [answer(model, r, f, degraded, now)
                    for r, f in zip(requests, found, strict=True)]
         metrics.model.observe(time.perf_counter() - started)
         return results
@@ -416,6 +428,19 @@ def create_app(settings: Settings | None = None) -> Any:
     gated = ApiKey(BodyLimit(app, settings.serving_max_body_bytes), api_key)
     shedder = LoadShedder(gated, limit, metrics)
     return RequestTimer(shedder, metrics)
+
+
+def prediction_log(settings: Settings, metrics: LogMetrics) -> PredictionLog:
+    """The log writing to settings.predictions_uri through S3's put_object."""
+    s3 = aws.client("s3", settings)
+    bucket, prefix = aws.s3_location(settings.predictions_uri)
+
+    def put(key: str, body: bytes) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+    return PredictionLog(put, prefix, metrics,
+                         settings.prediction_log_queue, settings.prediction_log_batch_rows,
+                         settings.prediction_log_flush_s)
 
 
 def app_from_environment() -> Any:

@@ -12,6 +12,7 @@ locals {
     checkpoints = "${var.name}-checkpoints-${local.bucket_suffix}"
     models      = "${var.name}-models-${local.bucket_suffix}"
     artifacts   = "${var.name}-artifacts-${local.bucket_suffix}"
+    predictions = "${var.name}-predictions-${local.bucket_suffix}"
   }
   # Where transient data expires: rejected events after their review window, superseded
   # object versions everywhere (versioning keeps them for recovery, not forever).

@@ -6,6 +6,7 @@ locals {
   scorer_settings = {
     AWS_DEFAULT_REGION             = var.region
     PROPENSITY_MODELS_URI          = "s3://${aws_s3_bucket.data["models"].bucket}/models"
+    PROPENSITY_PREDICTIONS_URI     = "s3://${aws_s3_bucket.data["predictions"].bucket}/log"
     PROPENSITY_SERVING_DEADLINE_MS = "20"
     PROPENSITY_MODEL_POLL_S        = "30"
     PYTHONDONTWRITEBYTECODE        = "1"
@@ -65,7 +66,8 @@ resource "aws_iam_role_policy" "scorer_execution_secret" {
   policy = data.aws_iam_policy_document.scorer_execution_secret.json
 }
 
-# Task role: read the model store, nothing else (it cannot write the lake or models).
+# Task role: read the model store and add objects to the prediction log, nothing else (it
+# cannot write the lake or the models, nor read or delete the log).
 data "aws_iam_policy_document" "scorer_task" {
   statement {
     sid       = "ReadModels"
@@ -73,8 +75,13 @@ data "aws_iam_policy_document" "scorer_task" {
     resources = [aws_s3_bucket.data["models"].arn, "${aws_s3_bucket.data["models"].arn}/*"]
   }
   statement {
-    sid       = "DecryptModels"
-    actions   = ["kms:Decrypt"]
+    sid       = "AppendPredictionLog"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data["predictions"].arn}/log/*"]
+  }
+  statement {
+    sid       = "UseDataKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.data.arn]
   }
 }

@@ -1,5 +1,6 @@
-"""`propensity bench serve`: the scorer under open-loop load, then Feast's own feature server
-(`feast serve`, features only) under the same load, on the same repo and Redis.
+"""`propensity bench serve`: the scorer under open-loop load with its prediction log off, then
+on (the log's cost in the same run), then Feast's own feature server (`feast serve`, features
+only) under the same load, on the same repo and Redis.
 
 The stack's `latest` model is served; the session features of `--shape` (a REES46 file) are
 written to Redis first, so every request names a session, user and product that exist. The
@@ -39,11 +40,11 @@ class ServeBench:
     def format(self) -> str:
         lines = [f"{self.sessions} sessions of real events in Redis; model {self.model_version}; "
                  "open-loop load, latency from each request's due time (ms)",
-                 f"{'server':<24} {'offered/s':>9} {'achieved/s':>10} {'p50':>7} {'p95':>7} "
+                 f"{'server':<34} {'offered/s':>9} {'achieved/s':>10} {'p50':>7} {'p95':>7} "
                  f"{'p99':>7} {'max':>8} {'errors':>7}"]
         for row in self.rows:
             lines.append(
-                f"{row['server']:<24} {row['offered_rps']:>9.0f} {row['achieved_rps']:>10.0f} "
+                f"{row['server']:<34} {row['offered_rps']:>9.0f} {row['achieved_rps']:>10.0f} "
                 f"{row['p50_ms']:>7.2f} {row['p95_ms']:>7.2f} {row['p99_ms']:>7.2f} "
                 f"{row['max_ms']:>8.1f} {sum(row['errors'].values()):>7}")
         return "\n".join(lines)
@@ -83,12 +84,16 @@ def run_serve_bench(settings: Settings, rates: list[float], duration_s: float, s
     with tempfile.TemporaryDirectory(prefix="propensity-bench-serve-") as work:
         ours, theirs, sessions = _bodies(shape, Path(work))
         bench = ServeBench(sessions, version)
-        targets = ((f"scorer ({workers} worker{'s' * (workers > 1)})", running_scorer,
-                    {"workers": workers}, "/v1/propensity", ours),
+        scorer = f"scorer ({workers} worker{'s' * (workers > 1)})"
+        logged = settings.model_copy(update={"prediction_log": True})
+        targets = ((f"{scorer}, log off", running_scorer, {"workers": workers},
+                    "/v1/propensity", ours, settings.model_copy(update={"prediction_log": False})),
+                   (f"{scorer}, log on", running_scorer, {"workers": workers},
+                    "/v1/propensity", ours, logged),
                    ("feast serve (features)", running_feast_server, {},
-                    "/get-online-features", theirs))
-        for name, start, options, path, bodies in targets:
-            with start(settings, **options) as url:
+                    "/get-online-features", theirs, settings))
+        for name, start, options, path, bodies, served in targets:
+            with start(served, **options) as url:
                 run_as_process(url + path, bodies, 200, warmup_s)
                 for rate in rates:
                     result = run_as_process(url + path, bodies, rate, duration_s)

@@ -1,0 +1,195 @@
+"""The prediction log: every answer the scorer gives, as Parquet on S3 partitioned by date,
+written off the request path.
+
+A request only appends its answers to a bounded in-memory queue (`PredictionLog.offer`: no
+await, no I/O). When the queue is full the answer is dropped and counted, never waited for.
+A background task (`run`) drains the queue every `flush_s`, or as soon as `batch_rows`
+answers wait, and writes the batch from a thread (Parquet's encoding and the S3 put spend most
+of their time outside the GIL). A batch whose write fails goes back to the queue's front and
+is tried again at the next flush: an S3 outage delays the log, and only once the queue is
+full are new answers dropped (counted). `close`, on the scorer's graceful stop, writes what is
+queued.
+
+Objects: `<uri>/date=YYYY-MM-DD/<instance>-<seq>.parquet`, dated by the moment answered
+(UTC); `<instance>` is unique per scorer process, so instances never overwrite each other.
+A row: LOG_SCHEMA; `features` is the row the model scored, in the order of that model
+version's columns (model.json in the model store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import itertools
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+log = logging.getLogger("propensity.serving.prediction_log")
+
+CHAMPION = "champion"  # the variant of an answer from the store's `latest`
+_US = pa.timestamp("us", tz="UTC")
+LOG_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("answered_at", _US),
+    ("as_of", _US),
+    ("session_id", pa.string()),
+    ("user_id", pa.int64()),
+    ("product_id", pa.int64()),
+    ("model_version", pa.string()),
+    ("variant", pa.string()),
+    ("propensity", pa.float64()),
+    ("degraded", pa.bool_()),
+    ("features", pa.list_(pa.float64())),
+])
+# How long a graceful stop waits for the last writes.
+CLOSE_TIMEOUT_S = 30.0
+
+
+class Prediction(NamedTuple):
+    """One answer, as logged (a tuple: made on the request path, so it must be cheap)."""
+    request_id: str
+    answered_at: datetime
+    as_of: datetime
+    session_id: str
+    user_id: int | None
+    product_id: int | None
+    model_version: str
+    variant: str
+    propensity: float
+    degraded: bool
+    features: np.ndarray  # the model's row (any shape holding its values in column order)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def to_table(predictions: Sequence[Prediction]) -> pa.Table:
+    """The predictions as one Arrow table of LOG_SCHEMA."""
+    columns = list(zip(*predictions, strict=True)) if predictions else [()] * len(LOG_SCHEMA)
+    rows = [np.asarray(f, dtype=np.float64).ravel() for f in columns[-1]]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    values = np.concatenate(rows) if rows else np.zeros(0)
+    features = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    arrays = [pa.array(column, type=field.type)
+              for column, field in zip(columns[:-1], LOG_SCHEMA, strict=False)]
+    return pa.Table.from_arrays([*arrays, features], schema=LOG_SCHEMA)
+
+
+def by_date(predictions: Sequence[Prediction]) -> list[tuple[date, list[Prediction]]]:
+    """Consecutive runs of the same answering date (UTC), in order."""
+    return [(day, list(run)) for day, run in
+            itertools.groupby(predictions, key=lambda p: p.answered_at.date())]
+
+
+def object_key(prefix: str, day: date, instance: str, seq: int) -> str:
+    folder = f"{prefix.rstrip('/')}/" if prefix else ""
+    return f"{folder}date={day.isoformat()}/{instance}-{seq:08d}.parquet"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
+class LogMetrics:
+    """The log's Prometheus metrics, in the scorer's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter("propensity_prediction_log_written_total",
+                               "answers written to the prediction log", registry=registry)
+        self.dropped = Counter("propensity_prediction_log_dropped_total",
+                               "answers not logged because the log's queue was full",
+                               registry=registry)
+        self.failures = Counter("propensity_prediction_log_write_failures_total",
+                                "writes of the prediction log that failed (tried again)",
+                                registry=registry)
+        self.queued = Gauge("propensity_prediction_log_queued",
+                            "answers waiting to be written", registry=registry)
+
+
+# put(key, body): stores one object (S3's put_object, or a test's fake).
+Put = Callable[[str, bytes], None]
+
+
+class PredictionLog:
+    """The bounded queue and its background writer (see the module's docstring)."""
+
+    def __init__(self, put: Put, prefix: str, metrics: LogMetrics, capacity: int,
+                 batch_rows: int, flush_s: float) -> None:
+        self.put = put
+        self.prefix = prefix
+        self.metrics = metrics
+        self.capacity = capacity
+        self.batch_rows = batch_rows
+        self.flush_s = flush_s
+        self.instance = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
+        self._queue: collections.deque[Prediction] = collections.deque()
+        self._seq = itertools.count()
+        self._due = asyncio.Event()
+        self._writing = asyncio.Lock()
+
+    def offer(self, prediction: Prediction) -> bool:
+        """Queue one answer; False (and counted) when the queue is full."""
+        if len(self._queue) >= self.capacity:
+            self.metrics.dropped.inc()
+            return False
+        self._queue.append(prediction)
+        if len(self._queue) >= self.batch_rows:
+            self._due.set()
+        return True
+
+    async def run(self) -> None:
+        """Drains the queue until cancelled."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), self.flush_s)
+            self._due.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Writes what is queued now, an object per date in batches of at most `batch_rows`;
+        a batch whose write fails goes back to the queue's front with those after it."""
+        async with self._writing:
+            taken, self._queue = list(self._queue), collections.deque()
+            done = 0
+            try:
+                for start in range(0, len(taken), self.batch_rows):
+                    for day, rows in by_date(taken[start:start + self.batch_rows]):
+                        await asyncio.to_thread(self._write, day, rows)
+                        done += len(rows)
+                        self.metrics.written.inc(len(rows))
+            except Exception:
+                self.metrics.failures.inc()
+                log.exception("prediction log: %d answers not written yet; trying again at the "
+                              "next flush", len(taken) - done)
+                self._queue.extendleft(reversed(taken[done:]))
+            self.metrics.queued.set(len(self._queue))
+
+    def _write(self, day: date, rows: list[Prediction]) -> None:
+        key = object_key(self.prefix, day, self.instance, next(self._seq))
+        self.put(key, parquet_bytes(to_table(rows)))
+
+    async def close(self, runner: asyncio.Task | None) -> None:
+        """Stops the background writer and writes what is queued (the graceful stop)."""
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT_S)
+        if self._queue:
+            log.error("prediction log: %d answers not written at the stop", len(self._queue))
