@@ -14,6 +14,7 @@ import contextlib
 import gc
 import hmac
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ MAX_BATCH = 100
 # in progress keep the CPU busy while others wait for Redis.
 MIN_IN_PROGRESS = 4
 LAG_PROBE_S = 0.005
+GIL_SWITCH_S = 0.001
 API_KEY_HEADER = "X-API-Key"
 _ERRORS = {401: {"description": "missing or wrong X-API-Key (when a key is configured)"},
            413: {"description": "request body too large"},
@@ -341,6 +343,11 @@ def create_app(settings: Settings | None = None) -> Any:
         gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
         lag_watch = asyncio.create_task(shedder.watch_loop_lag())  # the app's outer layer
+        if predictions:
+            # The log's writer thread converts and uploads while requests run, and a thread
+            # holding the GIL keeps the event loop waiting up to the switch interval (5 ms by
+            # default): 1 ms bounds that wait.
+            sys.setswitchinterval(GIL_SWITCH_S)
         log_writer = asyncio.create_task(predictions.run()) if predictions else None
         yield
         if predictions:
@@ -379,8 +386,9 @@ def create_app(settings: Settings | None = None) -> Any:
             out["explanation"] = scoring.explain(model, row)
         if predictions:
             predictions.offer(Prediction(
-                out["request_id"], answered_at, as_of, request.session_id, request.user_id,
-                request.product_id, model.version, CHAMPION, propensity, degraded, row))
+                out["request_id"], answered_at.timestamp(), as_of.timestamp(),
+                request.session_id, request.user_id, request.product_id, model.version,
+                CHAMPION, propensity, degraded, row))
         return out
 
     async def score(requests: list[PropensityRequest]) -> list[dict[str, Any]]:

@@ -25,9 +25,10 @@ import io
 import itertools
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import NamedTuple
 
 import numpy as np
@@ -54,13 +55,16 @@ LOG_SCHEMA = pa.schema([
 ])
 # How long a graceful stop waits for the last writes.
 CLOSE_TIMEOUT_S = 30.0
+# Answers converted to Arrow at a time by the writer's thread (each conversion holds the GIL,
+# which the event loop waits for: 500 take about 1 ms here).
+CHUNK_ROWS = 500
 
 
 class Prediction(NamedTuple):
     """One answer, as logged (a tuple: made on the request path, so it must be cheap)."""
     request_id: str
-    answered_at: datetime
-    as_of: datetime
+    answered_at: float  # epoch seconds (UTC)
+    as_of: float
     session_id: str
     user_id: int | None
     product_id: int | None
@@ -71,27 +75,55 @@ class Prediction(NamedTuple):
     features: np.ndarray  # the model's row (any shape holding its values in column order)
 
 
+ANSWERED_AT = Prediction._fields.index("answered_at")
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def to_table(predictions: Sequence[Prediction]) -> pa.Table:
-    """The predictions as one Arrow table of LOG_SCHEMA."""
-    columns = list(zip(*predictions, strict=True)) if predictions else [()] * len(LOG_SCHEMA)
-    rows = [np.asarray(f, dtype=np.float64).ravel() for f in columns[-1]]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    values = np.concatenate(rows) if rows else np.zeros(0)
-    features = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-    arrays = [pa.array(column, type=field.type)
-              for column, field in zip(columns[:-1], LOG_SCHEMA, strict=False)]
-    return pa.Table.from_arrays([*arrays, features], schema=LOG_SCHEMA)
+def to_batch(predictions: Sequence[Prediction]) -> pa.RecordBatch:
+    """The predictions as one Arrow record batch of LOG_SCHEMA."""
+    (request_id, answered_at, as_of, session_id, user_id, product_id, model_version, variant,
+     propensity, degraded, features) = (list(zip(*predictions, strict=True)) if predictions
+                                        else [()] * len(LOG_SCHEMA))
+    offsets = np.zeros(len(features) + 1, dtype=np.int32)
+    np.cumsum([np.size(f) for f in features], out=offsets[1:])
+    values = (np.concatenate(features, axis=None, dtype=np.float64) if features
+              else np.zeros(0))
+    return pa.RecordBatch.from_arrays([
+        pa.array(request_id, pa.string()), _micros(answered_at), _micros(as_of),
+        pa.array(session_id, pa.string()), pa.array(user_id, pa.int64()),
+        pa.array(product_id, pa.int64()), pa.array(model_version, pa.string()),
+        pa.array(variant, pa.string()), pa.array(np.asarray(propensity, dtype=np.float64)),
+        pa.array(np.asarray(degraded, dtype=bool)),
+        pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+    ], schema=LOG_SCHEMA)
+
+
+def _micros(seconds: Sequence[float]) -> pa.Array:
+    micros = np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
+    return pa.array(micros).cast(_US)
+
+
+def to_table(predictions: Sequence[Prediction], chunk_rows: int = CHUNK_ROWS) -> pa.Table:
+    """The predictions as one Arrow table, converted `chunk_rows` at a time with the GIL let
+    go in between: each conversion holds it, and the scorer's event loop waits for it."""
+    batches = []
+    for start in range(0, len(predictions), chunk_rows):
+        batches.append(to_batch(predictions[start:start + chunk_rows]))
+        time.sleep(0)
+    return pa.Table.from_batches(batches, schema=LOG_SCHEMA)
+
+
+def utc_day(seconds: float) -> date:
+    return datetime.fromtimestamp(seconds, UTC).date()
 
 
 def by_date(predictions: Sequence[Prediction]) -> list[tuple[date, list[Prediction]]]:
     """Consecutive runs of the same answering date (UTC), in order."""
     return [(day, list(run)) for day, run in
-            itertools.groupby(predictions, key=lambda p: p.answered_at.date())]
+            itertools.groupby(predictions, key=lambda p: utc_day(p[ANSWERED_AT]))]
 
 
 def object_key(prefix: str, day: date, instance: str, seq: int) -> str:
@@ -137,7 +169,7 @@ class PredictionLog:
         self.batch_rows = batch_rows
         self.flush_s = flush_s
         self.instance = f"{uuid.uuid4().hex[:12]}-{os.getpid()}"
-        self._queue: collections.deque[Prediction] = collections.deque()
+        self._queue: collections.deque[tuple] = collections.deque()
         self._seq = itertools.count()
         self._due = asyncio.Event()
         self._writing = asyncio.Lock()
@@ -147,7 +179,10 @@ class PredictionLog:
         if len(self._queue) >= self.capacity:
             self.metrics.dropped.inc()
             return False
-        self._queue.append(prediction)
+        # Kept as a plain tuple: the collector stops tracking a tuple of untracked values
+        # (strings, numbers, arrays) at its first look, a NamedTuple never, and 20,000 of
+        # those waiting would lengthen every full collection, a pause for every request.
+        self._queue.append(tuple(prediction))
         if len(self._queue) >= self.batch_rows:
             self._due.set()
         return True

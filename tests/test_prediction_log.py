@@ -31,14 +31,16 @@ from serving.prediction_log import (
     Prediction,
     PredictionLog,
     new_request_id,
+    to_table,
 )
 
 DAY = datetime(2026, 12, 6, 23, 59, 58, tzinfo=UTC)
 
 
 def prediction(i: int, at: datetime = DAY) -> Prediction:
-    return Prediction(new_request_id(), at, at - timedelta(seconds=i), f"s{i}", i or None, 7,
-                      "v1", CHAMPION, i / 1000, i % 2 == 0, np.array([[i, np.nan, 0.5]]))
+    return Prediction(new_request_id(), at.timestamp(), (at - timedelta(seconds=i)).timestamp(),
+                      f"s{i}", i or None, 7, "v1", CHAMPION, i / 1000, i % 2 == 0,
+                      np.array([[i, np.nan, 0.5]]))
 
 
 class Store:
@@ -82,7 +84,7 @@ def test_every_answer_is_written_once_in_an_object_per_date() -> None:
     assert days == {"date=2026-12-06", "date=2026-12-07"}
     first = next(r for r in rows if r["request_id"] == sent[3].request_id)
     assert first["session_id"] == "s3" and first["user_id"] == 3 and first["degraded"] is False
-    assert first["as_of"] == sent[3].as_of and first["answered_at"] == sent[3].answered_at
+    assert first["as_of"] == DAY and first["answered_at"] == DAY + timedelta(seconds=3)
     assert first["features"][0] == 3 and np.isnan(first["features"][1])
     assert next(r for r in rows if r["session_id"] == "s0")["user_id"] is None
     assert pq.read_table(io.BytesIO(next(iter(store.objects.values())))).schema.equals(
@@ -170,3 +172,13 @@ def test_the_scorer_logs_every_answer_it_gives(stack: Settings, tmp_path, queue:
         assert row["degraded"] is False
         assert str(row["date"]) == row["answered_at"].date().isoformat()
         assert len(row["features"]) == len(columns)
+
+
+def test_the_table_is_the_same_whatever_the_chunks() -> None:
+    sent = [tuple(prediction(i)) for i in range(7)]  # as queued: plain tuples
+    whole, chunked = to_table(sent, chunk_rows=100), to_table(sent, chunk_rows=2)
+    assert whole.num_rows == 7 and chunked.schema.equals(whole.schema)
+    assert chunked.drop(["features"]).equals(whole.drop(["features"]))
+    values = [t["features"].combine_chunks().flatten() for t in (chunked, whole)]
+    np.testing.assert_array_equal(*values)  # NaN where NaN
+    assert to_table([]).num_rows == 0
