@@ -188,12 +188,14 @@ class PredictionLog:
         return True
 
     async def run(self) -> None:
-        """Drains the queue until cancelled."""
+        """Drains the queue until cancelled. A flush under way when it is cancelled carries
+        on (shielded) and `close`'s own flush waits for it: cancelled midway, the answers it
+        had taken would be lost."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._due.wait(), self.flush_s)
             self._due.clear()
-            await self.flush()
+            await asyncio.shield(self.flush())
 
     async def flush(self) -> None:
         """Writes what is queued now, an object per date in batches of at most `batch_rows`;

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -182,3 +183,27 @@ def test_the_table_is_the_same_whatever_the_chunks() -> None:
     values = [t["features"].combine_chunks().flatten() for t in (chunked, whole)]
     np.testing.assert_array_equal(*values)  # NaN where NaN
     assert to_table([]).num_rows == 0
+
+
+def test_a_stop_during_a_slow_write_loses_nothing() -> None:
+    store = Store()
+    slow = store.put
+
+    def put(key: str, body: bytes) -> None:
+        time.sleep(0.2)
+        slow(key, body)
+
+    log = PredictionLog(put, "log", LogMetrics(CollectorRegistry()), 1000, 3, 3600)
+    sent = [prediction(i) for i in range(7)]
+
+    async def serve() -> None:
+        writer = asyncio.create_task(log.run())
+        for p in sent:
+            log.offer(p)
+        await asyncio.sleep(0.05)  # the writer is in its first (slow) write
+        log.offer(more := prediction(8))
+        sent.append(more)
+        await log.close(writer)
+
+    asyncio.run(serve())
+    assert sorted(r["request_id"] for r in store.rows()) == sorted(p.request_id for p in sent)
