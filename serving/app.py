@@ -343,12 +343,13 @@ def create_app(settings: Settings | None = None) -> Any:
         gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
         lag_watch = asyncio.create_task(shedder.watch_loop_lag())  # the app's outer layer
+        log_writer = None
         if predictions:
             # The log's writer thread converts and uploads while requests run, and a thread
             # holding the GIL keeps the event loop waiting up to the switch interval (5 ms by
             # default): 1 ms bounds that wait.
             sys.setswitchinterval(GIL_SWITCH_S)
-        log_writer = asyncio.create_task(predictions.run()) if predictions else None
+            log_writer = asyncio.create_task(predictions.run())
         yield
         if predictions:
             await predictions.close(log_writer)

@@ -85,13 +85,12 @@ def run_serve_bench(settings: Settings, rates: list[float], duration_s: float, s
         ours, theirs, sessions = _bodies(shape, Path(work))
         bench = ServeBench(sessions, version)
         scorer = f"scorer ({workers} worker{'s' * (workers > 1)})"
-        logged = settings.model_copy(update={"prediction_log": True})
-        targets = ((f"{scorer}, log off", running_scorer, {"workers": workers},
-                    "/v1/propensity", ours, settings.model_copy(update={"prediction_log": False})),
-                   (f"{scorer}, log on", running_scorer, {"workers": workers},
-                    "/v1/propensity", ours, logged),
-                   ("feast serve (features)", running_feast_server, {},
-                    "/get-online-features", theirs, settings))
+        targets = [(f"{scorer}, log {'on' if logged else 'off'}", running_scorer,
+                    {"workers": workers}, "/v1/propensity", ours,
+                    settings.model_copy(update={"prediction_log": logged}))
+                   for logged in (False, True)]
+        targets.append(("feast serve (features)", running_feast_server, {},
+                        "/get-online-features", theirs, settings))
         for name, start, options, path, bodies, served in targets:
             with start(served, **options) as url:
                 run_as_process(url + path, bodies, 200, warmup_s)
