@@ -35,6 +35,18 @@ def client(service: str, settings: Settings) -> Any:
     )
 
 
+def get_object(s3: Any, bucket: str, key: str) -> bytes | None:
+    """An S3 object's bytes through an S3 client; None when there is no such key."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
 def _secret(value: Any) -> str | None:
     return None if value is None else value.get_secret_value()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from propensity import extra_providing
 from propensity.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
+from propensity.rollout import Challenger
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 
@@ -186,16 +187,32 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print only the JSON")
     evaluate.set_defaults(handler=_evaluate)
 
-    model = commands.add_parser("model", help="the model store: versions and `latest`")
+    model = commands.add_parser(
+        "model", help="the model store: versions, the champion (`latest`), a challenger")
     model_commands = model.add_subparsers(required=True, metavar="ACTION")
     model_commands.add_parser("list", help="stored versions, newest last").set_defaults(
         handler=_model_list)
-    promote = model_commands.add_parser("promote", help="move `latest` to a stored version")
-    promote.add_argument("version")
+    model_commands.add_parser(
+        "status", help="the champion, the challenger and its share").set_defaults(
+        handler=_model_status)
+    canary = model_commands.add_parser(
+        "canary", help="a version answers for a share of the shoppers (by a stable hash)")
+    canary.add_argument("version")
+    canary.add_argument("--share", type=_number(float, 0, inclusive=False, most=1),
+                        default=0.05,
+                        help="share of the shoppers it answers for (default 0.05)")
+    canary.set_defaults(handler=_model_canary)
+    shadow = model_commands.add_parser(
+        "shadow", help="a version scores every request beside the champion, which answers")
+    shadow.add_argument("version")
+    shadow.set_defaults(handler=_model_shadow)
+    promote = model_commands.add_parser(
+        "promote", help="make a version the champion (default: the challenger)")
+    promote.add_argument("version", nargs="?")
     promote.set_defaults(handler=_model_promote)
     model_commands.add_parser(
-        "rollback", help="move `latest` back to the version it replaced"
-    ).set_defaults(handler=_model_rollback)
+        "rollback", help="end the challenger; without one, move `latest` back to the "
+        "version it replaced").set_defaults(handler=_model_rollback)
 
     serve = commands.add_parser("serve", help="the scorer: FastAPI on uvicorn")
     serve.add_argument("--host", default="127.0.0.1")
@@ -261,6 +278,25 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the soak's length (at least {SOAK_FULL_S / 60:g}; default {SOAK_FULL_S / 60:g}, "
              f"{SOAK_SHORT_S / 60:g} with --short)")
     bench_chaos.set_defaults(handler=_bench_chaos)
+
+    monitor = commands.add_parser(
+        "monitor", help="live quality of the served models from the prediction log and the "
+        "lake (--day D), or an A/B test's conversion (ab)")
+    monitor.add_argument("--day", type=date.fromisoformat, metavar="DATE",
+                         help="the day whose predictions to measure (UTC)")
+    monitor.add_argument("--no-store", action="store_true",
+                         help="print only: neither store the figures nor publish them")
+    monitor.add_argument("--json", action="store_true", help="print the figures as JSON")
+    monitor.set_defaults(handler=_monitor)
+    monitor_commands = monitor.add_subparsers(metavar="ACTION")
+    ab = monitor_commands.add_parser(
+        "ab", help="conversion per variant, the two-proportion test and the sample size")
+    ab.add_argument("--days", type=_day_range, required=True, metavar="FROM:TO",
+                    help="the experiment's days (inclusive, UTC)")
+    ab.add_argument("--lift", type=float, default=0.05,
+                    help="relative lift of conversion to size the test for (default 0.05)")
+    ab.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ab.set_defaults(handler=_monitor_ab)
 
     demo = commands.add_parser("demo", help="the end-to-end demo on the bundled real sample")
     demo.add_argument("--file", type=_input_file, default=MULTICAT_SAMPLE,
@@ -401,18 +437,72 @@ def _model_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _model_status(_: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    rollout = model_store.rollout(Settings())
+    print(f"champion (latest): {rollout.champion or 'none'}")
+    print(f"challenger: {_challenger_text(rollout.challenger)}")
+    return 0
+
+
+def _challenger_text(challenger: Challenger | None) -> str:
+    if challenger is None:
+        return "none"
+    share = f" for {challenger.share:.1%} of the shoppers" if challenger.share else ""
+    return f"{challenger.version} in {challenger.mode}{share}"
+
+
+def _model_canary(args: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    challenger = model_store.canary(Settings(), args.version, args.share)
+    print(f"challenger: {_challenger_text(challenger)}")
+    return 0
+
+
+def _model_shadow(args: argparse.Namespace) -> int:
+    from propensity import model_store
+
+    print(f"challenger: {_challenger_text(model_store.shadow(Settings(), args.version))}")
+    return 0
+
+
 def _model_promote(args: argparse.Namespace) -> int:
     from propensity import model_store
 
-    model_store.promote(Settings(), args.version)
-    print(f"latest -> {args.version}")
+    print(f"latest -> {model_store.promote(Settings(), args.version)}")
     return 0
 
 
 def _model_rollback(_: argparse.Namespace) -> int:
     from propensity import model_store
 
-    print(f"latest -> {model_store.rollback(Settings())}")
+    rolled = model_store.rollback(Settings())
+    if rolled.ended_challenger:
+        print(f"challenger {rolled.ended_challenger} ended; {rolled.latest} answers everyone")
+    else:
+        print(f"latest -> {rolled.latest}")
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from monitoring import live, report
+
+    if args.day is None:
+        raise UsageError("monitor needs --day DATE (or the ab action)")
+    measured = live.run(Settings(), live.MonitorDay(args.day, store=not args.no_store,
+                                                    publish=not args.no_store))
+    print(json.dumps(asdict(measured), default=str) if args.json else report.text(measured))
+    return 0
+
+
+def _monitor_ab(args: argparse.Namespace) -> int:
+    from monitoring import ab
+
+    first, last = args.days
+    result = ab.run(Settings(), ab.AbTest(first, last, args.lift))
+    print(json.dumps(asdict(result), default=str) if args.json else result.format())
     return 0
 
 

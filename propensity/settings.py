@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # The scorer's prediction log (serving/prediction_log.py): every answer, Parquet by date.
     predictions_uri: str = Field("s3://propensity-predictions/log",
                                  alias="PROPENSITY_PREDICTIONS_URI")
+    # The monitor's daily figures (monitoring/): live quality per model version and variant.
+    monitoring_uri: str = Field("s3://propensity-predictions/monitoring",
+                                alias="PROPENSITY_MONITORING_URI")
 
     # Feast's registry: a local file here, s3://... when several hosts share it.
     feast_registry: str = Field(".propensity/feast/registry.db", alias="PROPENSITY_FEAST_REGISTRY")
@@ -103,7 +106,7 @@ class Settings(BaseSettings):
 
     def s3_uris(self) -> list[str]:
         return [self.events_uri, self.quarantine_uri, self.features_uri, self.models_uri,
-                self.predictions_uri]
+                self.predictions_uri, self.monitoring_uri]
 
     def buckets(self) -> list[str]:
         """The S3 buckets the system writes to, each once, in a stable order."""

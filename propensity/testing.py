@@ -112,6 +112,7 @@ def isolated(settings: Settings, folder: Path, shards: int = 2) -> Settings:
         "features_uri": f"s3://propensity-features/{name}/features",
         "models_uri": f"s3://propensity-models/{name}/models",
         "predictions_uri": f"s3://propensity-predictions/{name}/log",
+        "monitoring_uri": f"s3://propensity-predictions/{name}/monitoring",
         "checkpoint_dir": str(folder / "checkpoints"),
         "feast_registry": str(folder / "feast" / "registry.db"),
     })

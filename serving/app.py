@@ -3,6 +3,9 @@
 - `POST /v1/propensity`: one session; `POST /v1/propensity/batch`: up to 100.
 - `GET /health` (alive), `GET /ready` (a model is loaded and the online store answers),
   `GET /metrics` (Prometheus).
+It serves the model store's rollout (propensity/rollout.py): the champion, and a challenger in
+canary (it answers for its share of the shoppers) or in shadow (it scores beside the champion,
+logged, never answered). Every answer says its variant and goes to the prediction log.
 A failure of the online store never fails a request: past the read deadline, or when Redis
 errs, the answer is computed from what is known (features missing) with `degraded: true`.
 """
@@ -17,6 +20,7 @@ import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,13 +37,14 @@ from prometheus_client import (
 )
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from propensity import aws, model_store
+from propensity import aws, model_store, rollout
 from propensity.model import PropensityModel
+from propensity.rollout import CHALLENGER, CHAMPION, SHADOW, Challenger
 from propensity.settings import Settings
 from serving import LATENCY_BUDGET_MS, scoring
 from serving.limit import AdaptiveLimit, LimitChange
 from serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
-from serving.prediction_log import CHAMPION, LogMetrics, Prediction, PredictionLog, new_request_id
+from serving.prediction_log import LogMetrics, Prediction, PredictionLog, new_request_id
 
 log = logging.getLogger("propensity.serving")
 
@@ -88,6 +93,8 @@ class PropensityResponse(BaseModel):
     session_id: str
     propensity: float = Field(ge=0, le=1, description="calibrated purchase probability")
     model_version: str
+    variant: str = Field(description=f"which model answered: {CHAMPION} (the store's latest) "
+                         f"or {CHALLENGER} (a canary's, for the shoppers in its share)")
     degraded: bool = Field(description="the online store did not answer in time")
     feature_age_seconds: float | None = Field(
         description="age of the freshest session feature at the moment scored (None: "
@@ -129,8 +136,11 @@ class Metrics:
                                   "how late the event loop runs a timer (every request waits "
                                   "about as long before it is read)", buckets=_BUCKETS,
                                   registry=self.registry)
-        self.model_version = Gauge("propensity_model_info", "the loaded model (1)",
-                                   ["version"], registry=self.registry)
+        self.model_version = Gauge("propensity_model_info", "the loaded models (1), by variant",
+                                   ["version", "variant"], registry=self.registry)
+        self.answers = Counter("propensity_answers_total", "answers given, by variant "
+                               f"({SHADOW}: scores logged beside the champion's)", ["variant"],
+                               registry=self.registry)
         self.gc_pause = Histogram("propensity_gc_pause_seconds",
                                   "garbage-collector pauses (every request waits them out)",
                                   ["generation"], buckets=_BUCKETS, registry=self.registry)
@@ -151,25 +161,70 @@ class Metrics:
         return timed
 
 
+@dataclass(frozen=True)
+class Serving:
+    """The models answering now: the champion, and the challenger with its part, if any."""
+
+    champion: PropensityModel
+    challenger: PropensityModel | None = None
+    plan: Challenger | None = None
+
+    def answering(self, user_id: int | None, session_id: str) -> tuple[PropensityModel, str]:
+        """The model that answers this shopper, and its variant."""
+        if self.challenger is not None and rollout.answers_as_challenger(
+                self.plan, rollout.shopper_key(user_id, session_id)):
+            return self.challenger, CHALLENGER
+        return self.champion, CHAMPION
+
+    @property
+    def shadow(self) -> PropensityModel | None:
+        return self.challenger if self.plan is not None and self.plan.mode == SHADOW else None
+
+    def describe(self) -> str:
+        plan = self.plan
+        return f"{self.champion.version} (champion)" + (
+            "" if plan is None else f", {plan.version} in {plan.mode}"
+            + (f" for {plan.share:.1%}" if plan.share else ""))
+
+    def variants(self) -> dict[str, str]:
+        """version -> variant, for the metrics."""
+        out = {self.champion.version: CHAMPION}
+        if self.challenger is not None and self.plan is not None:
+            out[self.challenger.version] = SHADOW if self.plan.mode == SHADOW else CHALLENGER
+        return out
+
+
 class ModelHolder:
-    """The loaded model; `refresh` swaps in a new `latest` as one reference assignment, so a
-    request sees the old model or the new one, never a mix."""
+    """The models served; `refresh` follows the store's rollout (a new `latest`, a challenger
+    started, resized or ended) and swaps in what it loaded as one reference assignment, so a
+    request sees the old models or the new ones, never a mix, and never waits for a load."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.model: PropensityModel | None = None
+        self.serving: Serving | None = None
 
     async def refresh(self) -> None:
-        version = await asyncio.to_thread(model_store.latest, self.settings)
-        if version is None or (self.model is not None and self.model.version == version):
+        plan = await asyncio.to_thread(model_store.rollout, self.settings)
+        current = self.serving
+        if plan.champion is None or (current is not None and (
+                current.champion.version, current.plan) == (plan.champion, plan.challenger)):
             return
-        model = await asyncio.to_thread(model_store.load, self.settings, version)
-        previous, self.model = self.model, model
-        if previous is not None:
-            self.metrics.model_version.remove(previous.version)
-        self.metrics.model_version.labels(version).set(1)
-        log.info("model %s loaded", version)
+        loaded = {} if current is None else {
+            m.version: m for m in (current.champion, current.challenger) if m is not None}
+
+        async def model(version: str) -> PropensityModel:
+            return loaded.get(version) or await asyncio.to_thread(
+                model_store.load, self.settings, version)
+
+        serving = Serving(await model(plan.champion),
+                          await model(plan.challenger.version) if plan.challenger else None,
+                          plan.challenger)
+        self.serving = serving
+        self.metrics.model_version.clear()
+        for version, variant in serving.variants().items():
+            self.metrics.model_version.labels(version, variant).set(1)
+        log.info("serving %s", serving.describe())
 
     async def poll(self) -> None:
         while True:
@@ -178,7 +233,7 @@ class ModelHolder:
                 await self.refresh()
             except Exception:  # the store may be briefly unreachable: keep serving
                 log.exception("model refresh failed; keeping %s",
-                              self.model.version if self.model else None)
+                              self.serving.describe() if self.serving else "no model")
 
 
 class BodyLimit:
@@ -326,6 +381,7 @@ def create_app(settings: Settings | None = None) -> Any:
                           maximum=settings.serving_max_in_progress)
     state: dict[str, Any] = {}
     predictions = prediction_log(settings, metrics.log) if settings.prediction_log else None
+    answered = {variant: metrics.answers.labels(variant) for variant in rollout.VARIANTS}
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -374,33 +430,41 @@ def create_app(settings: Settings | None = None) -> Any:
             metrics.feature_read.observe(time.perf_counter() - started)
         return [empty() for _ in entities], True
 
-    def answer(model: PropensityModel, request: PropensityRequest, found: Found,
+    def answer(serving: Serving, request: PropensityRequest, found: Found,
                degraded: bool, answered_at: datetime) -> dict[str, Any]:
         as_of = request.as_of or answered_at
-        propensity, row = scoring.score(model, scoring.model_values(found.values, as_of))
+        values = scoring.model_values(found.values, as_of)
+        model, variant = serving.answering(request.user_id, request.session_id)
+        propensity, row = scoring.score(model, values)
         updated = found.session_updated_at()
         out = {"request_id": new_request_id(), "session_id": request.session_id,
-               "propensity": propensity, "model_version": model.version, "degraded": degraded,
-               "feature_age_seconds": None if updated is None
+               "propensity": propensity, "model_version": model.version, "variant": variant,
+               "degraded": degraded, "feature_age_seconds": None if updated is None
                else max(0.0, (as_of - updated).total_seconds())}
         if request.explain:
             out["explanation"] = scoring.explain(model, row)
+        answered[variant].inc()
+        logged = [(model, variant, propensity, row)]
+        if serving.shadow is not None:
+            answered[SHADOW].inc()
+            logged.append((serving.shadow, SHADOW, *scoring.score(serving.shadow, values)))
         if predictions:
-            predictions.offer(Prediction(
-                out["request_id"], answered_at.timestamp(), as_of.timestamp(),
-                request.session_id, request.user_id, request.product_id, model.version,
-                CHAMPION, propensity, degraded, row))
+            for scored_by, as_variant, score, scored_row in logged:
+                predictions.offer(Prediction(
+                    out["request_id"], answered_at.timestamp(), as_of.timestamp(),
+                    request.session_id, request.user_id, request.product_id, scored_by.version,
+                    as_variant, score, degraded, scored_row))
         return out
 
     async def score(requests: list[PropensityRequest]) -> list[dict[str, Any]]:
-        model = holder.model  # one model for the whole request, even if a swap happens now
-        if model is None:
+        serving = holder.serving  # the same models for the whole request, even if swapped now
+        if serving is None:
             raise HTTPException(503, "no model loaded yet")
         found, degraded = await read([Entities(r.session_id, r.user_id, r.product_id)
                                       for r in requests])
         started = time.perf_counter()
         now = datetime.now(UTC)
-        results = [answer(model, r, f, degraded, now)
+        results = [answer(serving, r, f, degraded, now)
                    for r, f in zip(requests, found, strict=True)]
         metrics.model.observe(time.perf_counter() - started)
         return results
@@ -420,14 +484,16 @@ def create_app(settings: Settings | None = None) -> Any:
 
     @app.get("/ready")
     async def ready() -> Response:
-        model = holder.model
+        serving = holder.serving
         try:
             store_ok = await asyncio.wait_for(state["reader"].ping(), 0.5)
         except Exception:
             store_ok = False
-        body = {"model_version": model.version if model else None,
+        plan = serving.plan if serving else None
+        body = {"model_version": serving.champion.version if serving else None,
+                "challenger": plan.to_json() if plan else None,
                 "online_store": "answering" if store_ok else "not answering"}
-        return _json(body, 200 if model and store_ok else 503)
+        return _json(body, 200 if serving and store_ok else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

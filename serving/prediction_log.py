@@ -10,10 +10,8 @@ is tried again at the next flush: an S3 outage delays the log, and only once the
 full are new answers dropped (counted). `close`, on the scorer's graceful stop, writes what is
 queued.
 
-Objects: `<uri>/date=YYYY-MM-DD/<instance>-<seq>.parquet`, dated by the moment answered
-(UTC); `<instance>` is unique per scorer process, so instances never overwrite each other.
-A row: LOG_SCHEMA; `features` is the row the model scored, in the order of that model
-version's columns (model.json in the model store).
+The objects and their rows: propensity/predictions.py; `<instance>` in an object's name is
+unique per scorer process, so instances never overwrite each other.
 """
 
 from __future__ import annotations
@@ -36,23 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from propensity.predictions import LOG_SCHEMA, TIMESTAMP, day_folder
+
 log = logging.getLogger("propensity.serving.prediction_log")
 
-CHAMPION = "champion"  # the variant of an answer from the store's `latest`
-_US = pa.timestamp("us", tz="UTC")
-LOG_SCHEMA = pa.schema([
-    ("request_id", pa.string()),
-    ("answered_at", _US),
-    ("as_of", _US),
-    ("session_id", pa.string()),
-    ("user_id", pa.int64()),
-    ("product_id", pa.int64()),
-    ("model_version", pa.string()),
-    ("variant", pa.string()),
-    ("propensity", pa.float64()),
-    ("degraded", pa.bool_()),
-    ("features", pa.list_(pa.float64())),
-])
 # How long a graceful stop waits for the last writes.
 CLOSE_TIMEOUT_S = 30.0
 # Answers converted to Arrow at a time by the writer's thread (each conversion holds the GIL,
@@ -103,7 +88,7 @@ def to_batch(predictions: Sequence[Prediction]) -> pa.RecordBatch:
 
 def _micros(seconds: Sequence[float]) -> pa.Array:
     micros = np.rint(np.asarray(seconds, dtype=np.float64) * 1e6).astype(np.int64)
-    return pa.array(micros).cast(_US)
+    return pa.array(micros).cast(TIMESTAMP)
 
 
 def to_table(predictions: Sequence[Prediction], chunk_rows: int = CHUNK_ROWS) -> pa.Table:
@@ -127,8 +112,7 @@ def by_date(predictions: Sequence[Prediction]) -> list[tuple[date, list[Predicti
 
 
 def object_key(prefix: str, day: date, instance: str, seq: int) -> str:
-    folder = f"{prefix.rstrip('/')}/" if prefix else ""
-    return f"{folder}date={day.isoformat()}/{instance}-{seq:08d}.parquet"
+    return f"{day_folder(prefix, day)}{instance}-{seq:08d}.parquet"
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

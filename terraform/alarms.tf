@@ -1,6 +1,6 @@
 # Alarms to an encrypted SNS topic: the scorer's p99 and 5xx share, the streaming job's
 # lag behind Kinesis and its micro-batch duration (published by the job, see
-# PROPENSITY_METRICS_NAMESPACE).
+# PROPENSITY_METRICS_NAMESPACE), and the champion's live quality (the daily monitor).
 
 locals {
   metrics_namespace = "Propensity"
@@ -95,4 +95,46 @@ resource "aws_cloudwatch_metric_alarm" "streaming_batch_duration" {
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "breaching"
   alarm_actions       = [aws_sns_topic.alarms.arn]
+}
+
+# The design's quality rule: the champion's live ROC AUC more than 5% below its validation AUC
+# two days running (published once a day by the monitor step of the daily batch cluster,
+# monitoring/live.py). No data (no monitor run, no labelled answers) is not a breach.
+resource "aws_cloudwatch_metric_alarm" "live_auc" {
+  alarm_name          = "${var.name}-live-auc-below-validation"
+  alarm_description   = "The champion's live ROC AUC below 95% of its validation AUC two days running: look at `propensity monitor --day`, retrain or roll back"
+  namespace           = local.metrics_namespace
+  metric_name         = "LiveAucRatio"
+  dimensions          = { Variant = "champion" }
+  statistic           = "Minimum"
+  period              = 86400
+  evaluation_periods  = 2
+  datapoints_to_alarm = 2
+  threshold           = 0.95
+  comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+# The design's drift rules, on the champion's day (the monitor's PSI against the version's
+# training profile): any feature above 0.25, or the score above 0.2.
+resource "aws_cloudwatch_metric_alarm" "drift" {
+  for_each = {
+    feature = { metric = "MaxFeaturePsi", threshold = 0.25 }
+    score   = { metric = "ScorePsi", threshold = 0.2 }
+  }
+  alarm_name          = "${var.name}-${each.key}-drift"
+  alarm_description   = "The champion's live ${each.key} distribution drifted from training (PSI above ${each.value.threshold}): read the day's report.md under PROPENSITY_MONITORING_URI; retraining may be due"
+  namespace           = local.metrics_namespace
+  metric_name         = each.value.metric
+  dimensions          = { Variant = "champion" }
+  statistic           = "Maximum"
+  period              = 86400
+  evaluation_periods  = 1
+  threshold           = each.value.threshold
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
 }

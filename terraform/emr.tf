@@ -31,6 +31,11 @@ locals {
     PROPENSITY_FEAST_REGISTRY = "s3://${aws_s3_bucket.data["features"].bucket}/feast/registry.db"
     PROPENSITY_CHECKPOINT_DIR = "s3://${aws_s3_bucket.data["checkpoints"].bucket}/streaming"
     PROPENSITY_SPARK_MASTER   = ""
+    # The daily monitor reads the scorer's log and writes its figures beside it; both jobs
+    # publish their CloudWatch metrics to the namespace the alarms read.
+    PROPENSITY_PREDICTIONS_URI   = "s3://${aws_s3_bucket.data["predictions"].bucket}/log"
+    PROPENSITY_MONITORING_URI    = "s3://${aws_s3_bucket.data["predictions"].bucket}/monitoring"
+    PROPENSITY_METRICS_NAMESPACE = local.metrics_namespace
     # The streaming cluster's cores unless set: each state partition is one task per batch.
     PROPENSITY_STREAM_STATE_PARTITIONS = tostring(var.stream_state_partitions > 0 ? var.stream_state_partitions : var.emr_core_count * data.aws_ec2_instance_type.emr.default_vcpus)
   }
@@ -82,10 +87,24 @@ data "aws_iam_policy_document" "emr_nodes" {
   }
 }
 
+# The jobs' own CloudWatch metrics (the streaming job's batches, the monitor's day).
+data "aws_iam_policy_document" "put_metrics" {
+  statement {
+    sid       = "PutMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource type; the condition pins the namespace
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metrics_namespace]
+    }
+  }
+}
+
 # The streaming nodes: read Kinesis, write the lake, quarantine, feature archive and
 # checkpoints. No access to the model store.
 data "aws_iam_policy_document" "streaming_nodes" {
-  source_policy_documents = [data.aws_iam_policy_document.emr_nodes.json]
+  source_policy_documents = [data.aws_iam_policy_document.emr_nodes.json, data.aws_iam_policy_document.put_metrics.json]
   statement {
     sid       = "ReadClickstream"
     actions   = ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary", "kinesis:ListShards", "kinesis:GetShardIterator", "kinesis:GetRecords"]
@@ -98,31 +117,29 @@ data "aws_iam_policy_document" "streaming_nodes" {
       aws_s3_bucket.data[key].arn, "${aws_s3_bucket.data[key].arn}/*"
     ]])
   }
-  statement {
-    sid       = "StreamingMetrics"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # PutMetricData has no resource type; the condition pins the namespace
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [local.metrics_namespace]
-    }
-  }
 }
 
-# The batch nodes: read the lake, write the feature archive (and the Feast registry in it).
-# No Kinesis, no model store.
+# The batch nodes: read the lake, write the feature archive (and the Feast registry in it);
+# the monitor step: read the prediction log and the model store's specs, write its figures,
+# publish its metrics. No Kinesis, no writes to the model store.
 data "aws_iam_policy_document" "batch_nodes" {
-  source_policy_documents = [data.aws_iam_policy_document.emr_nodes.json]
+  source_policy_documents = [data.aws_iam_policy_document.emr_nodes.json, data.aws_iam_policy_document.put_metrics.json]
   statement {
-    sid       = "ReadLake"
-    actions   = ["s3:GetObject", "s3:ListBucket"]
-    resources = [aws_s3_bucket.data["lake"].arn, "${aws_s3_bucket.data["lake"].arn}/*"]
+    sid     = "ReadLakeLogModels"
+    actions = ["s3:GetObject", "s3:ListBucket"]
+    resources = flatten([for key in ["lake", "predictions", "models"] : [
+      aws_s3_bucket.data[key].arn, "${aws_s3_bucket.data[key].arn}/*"
+    ]])
   }
   statement {
     sid       = "WriteFeatures"
     actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket", "s3:AbortMultipartUpload"]
     resources = [aws_s3_bucket.data["features"].arn, "${aws_s3_bucket.data["features"].arn}/*"]
+  }
+  statement {
+    sid       = "WriteMonitoring"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data["predictions"].arn}/monitoring/*"]
   }
 }
 
@@ -304,6 +321,13 @@ resource "aws_scheduler_schedule" "daily_batch" {
         HadoopJarStep = {
           Jar  = "command-runner.jar"
           Args = ["bash", "/usr/local/propensity/run-step.sh", "batch"]
+        }
+        }, {
+        Name            = "propensity monitor (yesterday's predictions)"
+        ActionOnFailure = "TERMINATE_CLUSTER"
+        HadoopJarStep = {
+          Jar  = "command-runner.jar"
+          Args = ["bash", "/usr/local/propensity/run-step.sh", "monitor"]
         }
       }]
     })

@@ -42,6 +42,14 @@ output "PROPENSITY_METRICS_NAMESPACE" {
   value = local.metrics_namespace
 }
 
+output "PROPENSITY_PREDICTIONS_URI" {
+  value = local.node_settings.PROPENSITY_PREDICTIONS_URI
+}
+
+output "PROPENSITY_MONITORING_URI" {
+  value = local.node_settings.PROPENSITY_MONITORING_URI
+}
+
 output "PROPENSITY_REDIS" {
   description = "Feast connection string with the auth token (also in Secrets Manager)"
   value       = aws_secretsmanager_secret_version.redis.secret_string

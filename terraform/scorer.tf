@@ -5,8 +5,8 @@ locals {
   scorer_port = 8000
   scorer_settings = {
     AWS_DEFAULT_REGION             = var.region
-    PROPENSITY_MODELS_URI          = "s3://${aws_s3_bucket.data["models"].bucket}/models"
-    PROPENSITY_PREDICTIONS_URI     = "s3://${aws_s3_bucket.data["predictions"].bucket}/log"
+    PROPENSITY_MODELS_URI          = local.node_settings.PROPENSITY_MODELS_URI
+    PROPENSITY_PREDICTIONS_URI     = local.node_settings.PROPENSITY_PREDICTIONS_URI
     PROPENSITY_SERVING_DEADLINE_MS = "20"
     PROPENSITY_MODEL_POLL_S        = "30"
     PYTHONDONTWRITEBYTECODE        = "1"

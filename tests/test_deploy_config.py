@@ -112,7 +112,31 @@ def test_terraform_outputs_are_named_like_the_settings() -> None:
         "AWS_DEFAULT_REGION", "PROPENSITY_KINESIS_STREAM", "PROPENSITY_REDIS",
         "PROPENSITY_EVENTS_URI", "PROPENSITY_QUARANTINE_URI", "PROPENSITY_FEATURES_URI",
         "PROPENSITY_MODELS_URI", "PROPENSITY_FEAST_REGISTRY", "PROPENSITY_CHECKPOINT_DIR",
-        "PROPENSITY_SPARK_MASTER", "PROPENSITY_METRICS_NAMESPACE"}
+        "PROPENSITY_SPARK_MASTER", "PROPENSITY_METRICS_NAMESPACE", "PROPENSITY_PREDICTIONS_URI",
+        "PROPENSITY_MONITORING_URI"}
+
+
+def test_the_quality_and_drift_alarms_read_what_the_monitor_publishes() -> None:
+    from monitoring import live
+    from propensity import drift
+    from propensity.rollout import CHAMPION
+
+    def plain(value: object) -> object:  # python-hcl2 keeps the quotes of strings
+        if isinstance(value, dict):
+            return {k.strip('"'): plain(v) for k, v in value.items()}
+        return value.strip('"') if isinstance(value, str) else value
+
+    alarms = {name.strip('"'): plain(body) for kind, block in _blocks("resource")
+              if kind == "aws_cloudwatch_metric_alarm" for name, body in block.items()}
+    auc = alarms["live_auc"]
+    assert auc["metric_name"] == live.CLOUDWATCH_METRICS["auc_ratio"][0]
+    assert auc["threshold"] == live.AUC_ALARM_RATIO
+    assert auc["evaluation_periods"] == auc["datapoints_to_alarm"] == 2  # two days running
+    assert auc["dimensions"] == {"Variant": CHAMPION}
+    rules = alarms["drift"]["for_each"]
+    assert {rule["metric"]: rule["threshold"] for rule in rules.values()} == {
+        live.DRIFT_METRICS["feature"]: drift.FEATURE_PSI_FLAG,
+        live.DRIFT_METRICS["score"]: drift.SCORE_PSI_FLAG}
 
 
 def test_terraform_references_resolve() -> None:
@@ -182,7 +206,7 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
         assert f"  {step})" in wrapper, step
     usage = subprocess.run(["bash", str(emr / "run-step.sh"), "nonsense"], capture_output=True,
                            text=True, env={"PATH": "/usr/bin:/bin"})
-    assert usage.returncode == 2 and "usage: run-step.sh stream|batch" in usage.stderr
+    assert usage.returncode == 2 and "usage: run-step.sh stream|batch|monitor" in usage.stderr
 
     # The cluster's Spark provides pyspark: the bootstrap installs the wheel without its
     # dependencies, then everything the jobs need except pyspark, pinned by the constraints.

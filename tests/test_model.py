@@ -19,6 +19,7 @@ from propensity.model import (
     encode_row,
     source_features,
 )
+from propensity.rollout import CANARY, SHADOW, Challenger
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import isolated
@@ -184,13 +185,50 @@ def test_store_promotes_only_better_models_and_rolls_back(
     assert model_store.load(settings).version == better.version
     assert np.array_equal(model_store.load(settings).predict(points), model.predict(points))
 
-    assert model_store.rollback(settings) == first.version
+    assert model_store.rollback(settings) == model_store.RolledBack(None, first.version)
     assert model_store.latest(settings) == first.version
     model_store.promote(settings, worse.version)  # by hand: any version that passed checks
     assert model_store.latest(settings) == worse.version
-    assert model_store.rollback(settings) == first.version
+    assert model_store.rollback(settings).latest == first.version
     with pytest.raises(model_store.ModelStoreError, match="no model version"):
         model_store.promote(settings, "19990101T000000Z-00000000")
+
+
+def test_a_challenger_runs_beside_the_champion_until_promoted_or_rolled_back(
+        stack: Settings, tmp_path: Path, model: PropensityModel) -> None:
+    settings = isolated(stack, tmp_path)
+    with pytest.raises(model_store.ModelStoreError, match="no champion"):
+        model_store.canary(settings, model_store.put_version(settings, _files(model, 0.5, True)),
+                           0.05)
+    champion = model_store.register(settings, _files(model, 0.70, True), 0.70, True).version
+    challenger = model_store.register(settings, _files(model, 0.69, True), 0.69, True).version
+    failed = model_store.register(settings, _files(model, 0.9, False), 0.9, False).version
+    assert model_store.rollout(settings) == model_store.Rollout(champion, None)
+    with pytest.raises(model_store.ModelStoreError, match="no challenger to promote"):
+        model_store.promote(settings)
+    with pytest.raises(model_store.ModelStoreError, match="failed its behavioural checks"):
+        model_store.canary(settings, failed, 0.05)
+    with pytest.raises(model_store.ModelStoreError, match="is the champion already"):
+        model_store.shadow(settings, champion)
+    with pytest.raises(model_store.ModelStoreError, match="use promote"):
+        model_store.canary(settings, challenger, 1.0)
+
+    assert model_store.canary(settings, challenger, 0.05) == Challenger(challenger, CANARY, 0.05)
+    assert model_store.rollout(settings) == model_store.Rollout(
+        champion, Challenger(challenger, CANARY, 0.05))
+    model_store.canary(settings, challenger, 0.2)  # the canary grows
+    listed = {v.version: v for v in model_store.list_versions(settings)}
+    assert listed[challenger].challenger == Challenger(challenger, CANARY, 0.2)
+    assert listed[champion].is_latest and listed[champion].challenger is None
+    model_store.shadow(settings, challenger)
+    assert model_store.rollout(settings).challenger == Challenger(challenger, SHADOW)
+
+    assert model_store.rollback(settings) == model_store.RolledBack(challenger, champion)
+    assert model_store.rollout(settings) == model_store.Rollout(champion, None)
+    model_store.canary(settings, challenger, 0.05)
+    assert model_store.promote(settings) == challenger
+    assert model_store.rollout(settings) == model_store.Rollout(challenger, None)
+    assert model_store.rollback(settings) == model_store.RolledBack(None, champion)
 
 
 def test_versions_are_immutable(stack: Settings, tmp_path: Path,

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from propensity import aws, model_store
 from propensity.demo import register_shipped_model
+from propensity.predictions import LOG_SCHEMA
+from propensity.rollout import CHAMPION
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.testing import (
@@ -26,8 +28,6 @@ from propensity.testing import (
     session_requests,
 )
 from serving.prediction_log import (
-    CHAMPION,
-    LOG_SCHEMA,
     LogMetrics,
     Prediction,
     PredictionLog,

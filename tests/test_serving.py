@@ -14,9 +14,10 @@ import hypothesis
 import pytest
 import schemathesis
 
-from propensity import model_store
+from propensity import aws, model_store, rollout
 from propensity.bench.chaos import RECOVERED_SHED_SHARE
-from propensity.model import COLUMN_NAMES, PropensityModel
+from propensity.model import COLUMN_NAMES, Calibration, PropensityModel
+from propensity.rollout import CHALLENGER, CHAMPION, SHADOW
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import (
@@ -44,7 +45,7 @@ def served(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # the scorer's right behaviour, but not what they check). Redis killed fails reads at once.
     settings = isolated(stack, folder).model_copy(update={
         "redis": redis_server.connection_string, "model_poll_s": 1.0,
-        "serving_deadline_ms": 1000})
+        "serving_deadline_ms": 1000, "prediction_log_flush_s": 1.0})
     _, valid = points_without_history(COSMETICS_NOVEMBER)
     model, _ = fit_model(points_without_history(COSMETICS_OCTOBER)[1], valid)
     model.metadata = {"validation": {"roc_auc": 0.7}, "checks_passed": True}
@@ -297,6 +298,82 @@ def test_a_new_latest_is_swapped_in_under_load_without_a_failed_request(served: 
             assert time.monotonic() < deadline
             time.sleep(0.2)
 
+
+def test_a_canary_answers_for_its_shoppers_and_a_shadow_only_scores(served: dict) -> None:
+    """Under steady load: a canary at 30%, then the same version in shadow, then rolled back;
+    no request fails, each answer comes from the variant the shopper's hash gives, a shadow
+    answers with the champion and logs its own score beside it."""
+    settings, champion, url = served["settings"], served["version"], served["url"]
+    model: PropensityModel = served["model"]
+    other = PropensityModel(model.booster, model.columns,
+                            Calibration(model.calibration.a, model.calibration.b - 1.0),
+                            {"validation": {"roc_auc": 0.6}, "checks_passed": True,
+                             "trained_on": "rollout test"})
+    registration = model_store.register(settings, other.to_files(), 0.6, True)
+    assert not registration.promoted
+    challenger = registration.version
+    shoppers = served["keys"][:300]
+
+    async def followed(client: httpx.AsyncClient, plan: dict | None) -> None:
+        deadline = time.monotonic() + 15
+        while (await client.get(f"{url}/ready")).json()["challenger"] != plan:
+            assert time.monotonic() < deadline, f"the scorer never followed {plan}"
+            await asyncio.sleep(0.05)
+
+    async def answers(client: httpx.AsyncClient) -> list[dict]:
+        return [answer for start in range(0, len(shoppers), 100) for answer in (
+            await client.post(f"{url}/v1/propensity/batch",
+                              json={"requests": shoppers[start:start + 100]})
+        ).json()["results"]]
+
+    async def scenario() -> tuple[list, list, list]:
+        load = asyncio.create_task(steady_requests(url, served["keys"], 8, 100))
+        async with httpx.AsyncClient(timeout=10) as client:
+            await asyncio.sleep(1)
+            canary = await asyncio.to_thread(model_store.canary, settings, challenger, 0.3)
+            await followed(client, canary.to_json())
+            in_canary = await answers(client)
+            shadow = await asyncio.to_thread(model_store.shadow, settings, challenger)
+            await followed(client, shadow.to_json())
+            in_shadow = await answers(client)
+            await asyncio.to_thread(model_store.rollback, settings)
+            await followed(client, None)
+        return await load, in_canary, in_shadow
+
+    try:
+        results, in_canary, in_shadow = asyncio.run(scenario())
+    finally:
+        if model_store.rollout(settings).challenger:
+            model_store.rollback(settings)
+    _answered(results)  # nothing failed while the plan changed twice
+    plan = rollout.Challenger(challenger, rollout.CANARY, 0.3)
+    for shopper, answer in zip(shoppers, in_canary, strict=True):
+        chosen = rollout.answers_as_challenger(
+            plan, rollout.shopper_key(shopper["user_id"], shopper["session_id"]))
+        assert (answer["variant"], answer["model_version"]) == (
+            (CHALLENGER, challenger) if chosen else (CHAMPION, champion))
+    assert {a["variant"] for a in in_canary} == {CHAMPION, CHALLENGER}
+    assert {(a["variant"], a["model_version"]) for a in in_shadow} == {(CHAMPION, champion)}
+
+    wanted = {a["request_id"] for a in in_canary + in_shadow}
+    deadline = time.monotonic() + 20
+    while True:  # the log is written every second
+        table = aws.read_parquet(settings, settings.predictions_uri)
+        rows = [] if table is None else [r for r in table.to_pylist()
+                                         if r["request_id"] in wanted]
+        if {r["request_id"] for r in rows} == wanted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    logged = {(r["request_id"], r["variant"]): r for r in rows}
+    assert len(logged) == len(rows) == len(in_canary) + 2 * len(in_shadow)
+    for answer in in_canary + in_shadow:
+        row = logged[answer["request_id"], answer["variant"]]
+        assert (row["model_version"], row["propensity"]) == (
+            answer["model_version"], answer["propensity"])
+    for answer in in_shadow:
+        row = logged[answer["request_id"], SHADOW]
+        assert row["model_version"] == challenger
+        assert row["propensity"] < answer["propensity"]  # its calibration is 1 lower
 
 
 def test_overload_is_shed_with_429_not_queued(served: dict) -> None:

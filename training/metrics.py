@@ -19,9 +19,9 @@ from sklearn.metrics import (
 )
 
 from propensity import features as F
+from propensity.quality import RELIABILITY_BINS, TOP_FRACTIONS
 
 THRESHOLDS = (0.5, 0.7, 0.9)
-TOP_FRACTIONS = (0.05, 0.10)
 SLICE_FLAG_RATIO = 0.9  # a slice whose AUC is more than 10% below overall is flagged
 
 
@@ -91,7 +91,8 @@ def summary(y: np.ndarray, score: np.ndarray, groups: np.ndarray,
     return out
 
 
-def reliability(y: np.ndarray, probability: np.ndarray, bins: int = 10) -> list[dict]:
+def reliability(y: np.ndarray, probability: np.ndarray, bins: int = RELIABILITY_BINS
+                ) -> list[dict]:
     """Mean predicted probability against the observed rate, in equal-width bins."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)

@@ -22,7 +22,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from propensity import aws, model_store
+from propensity import aws, drift, model_store
 from propensity import features as F
 from propensity.model import (
     COLUMN_NAMES,
@@ -181,6 +181,13 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
     return summary, plots
 
 
+def training_profile(model: PropensityModel, train_set: pd.DataFrame) -> dict:
+    """What the monitor compares live rows with: the training rows' bins and score deciles
+    (propensity/drift.py)."""
+    matrix = encode(train_set, model.columns)
+    return drift.profile(model.columns, matrix, model.predict_matrix(matrix))
+
+
 @dataclass
 class TrainingData:
     """Point-in-time training and validation sets, and the validation events (for the
@@ -259,6 +266,7 @@ def train(settings: Settings, data: TrainingData, out: Path, register: bool = Tr
         **assessment,
     }
     files = {**model.to_files(), **plots,
+             drift.PROFILE_FILE: json.dumps(training_profile(model, train_set)).encode(),
              "metrics.json": json.dumps(summary, indent=2, default=str).encode(),
              "model_card.md": report.model_card(summary).encode()}
     out.mkdir(parents=True, exist_ok=True)

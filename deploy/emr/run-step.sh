@@ -5,11 +5,12 @@
 #   run-step.sh stream   the streaming job; restarted from its checkpoint when it stops,
 #                        with backoff, so a crash or a Redis failover does not end the step
 #   run-step.sh batch [DATE]  the daily batch for DATE (default: the day that just ended, UTC)
+#   run-step.sh monitor [DATE]  the live quality of DATE's predictions (same default; no Spark)
 set -euo pipefail
 case "${1:-}" in
-  stream | batch) ;;
+  stream | batch | monitor) ;;
   *)
-    echo "usage: run-step.sh stream|batch" >&2
+    echo "usage: run-step.sh stream|batch|monitor [DATE]" >&2
     exit 2
     ;;
 esac
@@ -37,5 +38,8 @@ case "${1:-}" in
   batch)
     exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry batch.job)" \
       --as-of "${2:-$(date -u -d yesterday +%F)}"
+    ;;
+  monitor)
+    exec python3.11 -m propensity.cli monitor --day "${2:-$(date -u -d yesterday +%F)}"
     ;;
 esac
