@@ -175,6 +175,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the metrics as JSON")
     train.set_defaults(handler=_train)
 
+    retrain = commands.add_parser(
+        "retrain", help="a challenger from the lake's newest days (never the champion)")
+    retrain.add_argument("--days", type=_number(int, 2), default=28,
+                         help="the lake's newest days to learn from (default 28)")
+    retrain.add_argument("--valid-days", type=_number(int, 1), default=7,
+                         help="the newest of them that choose the settings (default 7)")
+    retrain.add_argument("--out", type=Path, default=Path(".propensity/retrain"),
+                         help="folder for the report and the model files")
+    retrain.add_argument("--json", action="store_true", help="print only the JSON")
+    retrain.set_defaults(handler=_retrain)
+
     evaluate = commands.add_parser(
         "evaluate", help="score a REES46 file's prediction points with a stored model")
     evaluate.add_argument("--events", type=_input_file, required=True, metavar="FILE")
@@ -406,6 +417,17 @@ def _train(args: argparse.Namespace) -> int:
             files_data(settings, args.train_file, args.valid_file, args.history))
     result = train(settings, data, args.out or settings.home / "training" / "last",
                    register=not args.no_register)
+    print(json.dumps(asdict(result), default=str) if args.json else result.format())
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from training.retrain import Retrain, retrain
+
+    _log_to_stderr()
+    settings = Settings()
+    result = retrain(settings, Retrain(args.days, args.valid_days,
+                                       settings.retrain_canary_share, args.out))
     print(json.dumps(asdict(result), default=str) if args.json else result.format())
     return 0
 

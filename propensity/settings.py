@@ -95,6 +95,10 @@ class Settings(BaseSettings):
                                            alias="PROPENSITY_PREDICTION_LOG_BATCH_ROWS")
     prediction_log_flush_s: float = Field(10, gt=0, alias="PROPENSITY_PREDICTION_LOG_FLUSH_S")
 
+    # The share of the shoppers a retrained model answers for as the challenger (canary).
+    retrain_canary_share: float = Field(0.05, gt=0, lt=1,
+                                        alias="PROPENSITY_RETRAIN_CANARY_SHARE")
+
     # CloudWatch namespace of the streaming job's per-batch metrics; unset: none published.
     metrics_namespace: str | None = Field(None, alias="PROPENSITY_METRICS_NAMESPACE")
 

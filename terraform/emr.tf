@@ -282,6 +282,28 @@ resource "aws_iam_role_policy" "scheduler" {
   policy = data.aws_iam_policy_document.scheduler.json
 }
 
+# A transient cluster that ends with its steps: the daily batch's and retraining's (retrain.tf).
+locals {
+  transient_cluster = {
+    ReleaseLabel          = local.emr_runtime.release_label
+    Applications          = [{ Name = "Spark" }]
+    ServiceRole           = aws_iam_role.emr_service.arn
+    SecurityConfiguration = aws_emr_security_configuration.encrypted.name
+    LogUri                = "s3://${aws_s3_bucket.data["artifacts"].bucket}/emr-logs/"
+    Configurations        = local.emr_configurations
+    Instances = {
+      Ec2SubnetId                    = var.private_subnet_ids[0]
+      AdditionalMasterSecurityGroups = [aws_security_group.emr.id]
+      AdditionalSlaveSecurityGroups  = [aws_security_group.emr.id]
+      KeepJobFlowAliveWhenNoSteps    = false
+      InstanceGroups = [
+        { InstanceRole = "MASTER", InstanceType = var.emr_instance_type, InstanceCount = 1 },
+        { InstanceRole = "CORE", InstanceType = var.emr_instance_type, InstanceCount = var.batch_core_count },
+      ]
+    }
+  }
+}
+
 resource "aws_scheduler_schedule" "daily_batch" {
   name                         = "${var.name}-daily-batch"
   schedule_expression          = var.batch_schedule
@@ -295,26 +317,10 @@ resource "aws_scheduler_schedule" "daily_batch" {
   target {
     arn      = "arn:aws:scheduler:::aws-sdk:emr:runJobFlow"
     role_arn = aws_iam_role.scheduler.arn
-    input = jsonencode({
-      Name                  = "${var.name}-daily-batch"
-      ReleaseLabel          = local.emr_runtime.release_label
-      Applications          = [{ Name = "Spark" }]
-      ServiceRole           = aws_iam_role.emr_service.arn
-      JobFlowRole           = aws_iam_instance_profile.batch_nodes.arn
-      SecurityConfiguration = aws_emr_security_configuration.encrypted.name
-      LogUri                = "s3://${aws_s3_bucket.data["artifacts"].bucket}/emr-logs/"
-      Configurations        = local.emr_configurations
-      BootstrapActions      = [local.bootstrap]
-      Instances = {
-        Ec2SubnetId                    = var.private_subnet_ids[0]
-        AdditionalMasterSecurityGroups = [aws_security_group.emr.id]
-        AdditionalSlaveSecurityGroups  = [aws_security_group.emr.id]
-        KeepJobFlowAliveWhenNoSteps    = false
-        InstanceGroups = [
-          { InstanceRole = "MASTER", InstanceType = var.emr_instance_type, InstanceCount = 1 },
-          { InstanceRole = "CORE", InstanceType = var.emr_instance_type, InstanceCount = var.batch_core_count },
-        ]
-      }
+    input = jsonencode(merge(local.transient_cluster, {
+      Name             = "${var.name}-daily-batch"
+      JobFlowRole      = aws_iam_instance_profile.batch_nodes.arn
+      BootstrapActions = [local.bootstrap]
       Steps = [{
         Name            = "propensity batch (yesterday)"
         ActionOnFailure = "TERMINATE_CLUSTER"
@@ -330,7 +336,7 @@ resource "aws_scheduler_schedule" "daily_batch" {
           Args = ["bash", "/usr/local/propensity/run-step.sh", "monitor"]
         }
       }]
-    })
+    }))
     retry_policy {
       maximum_retry_attempts = 3
     }

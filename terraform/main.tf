@@ -179,6 +179,7 @@ locals {
     emr       = "elasticmapreduce.amazonaws.com"
     ec2       = "ec2.amazonaws.com"
     ecs_tasks = "ecs-tasks.amazonaws.com"
+    states    = "states.amazonaws.com"
   }
 }
 

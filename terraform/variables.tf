@@ -142,3 +142,15 @@ variable "alarm_emails" {
   type        = list(string)
   default     = []
 }
+
+variable "retrain_schedule" {
+  description = "When the model is retrained (EventBridge Scheduler expression, UTC); the champion's quality and drift alarms start a retrain too."
+  type        = string
+  default     = "rate(14 days)"
+}
+
+variable "retrain_days" {
+  description = "The lake's newest days a retrain learns from (the newest 7 of them validate)."
+  type        = number
+  default     = 28
+}

@@ -206,7 +206,8 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
         assert f"  {step})" in wrapper, step
     usage = subprocess.run(["bash", str(emr / "run-step.sh"), "nonsense"], capture_output=True,
                            text=True, env={"PATH": "/usr/bin:/bin"})
-    assert usage.returncode == 2 and "usage: run-step.sh stream|batch|monitor" in usage.stderr
+    assert usage.returncode == 2
+    assert "usage: run-step.sh stream|batch|monitor|retrain" in usage.stderr
 
     # The cluster's Spark provides pyspark: the bootstrap installs the wheel without its
     # dependencies, then everything the jobs need except pyspark, pinned by the constraints.
@@ -225,7 +226,7 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
     # ... and the steps run on it: its spark-submit, on YARN, the entry point found by path
     # (importing it would need pyspark outside spark-submit).
     assert "SPARK_SUBMIT=/usr/bin/spark-submit" in wrapper
-    assert wrapper.count('"$SPARK_SUBMIT" --master yarn') == 2
+    assert wrapper.count('"$SPARK_SUBMIT" --master yarn') == 3
     assert re.search(r"^\s*spark-submit ", wrapper, re.MULTILINE) is None
     assert "find_spec" in wrapper and "import $1" not in wrapper
 

@@ -15,13 +15,16 @@ import pytest
 
 from propensity import model_store
 from propensity.cli import main
+from propensity.drift import PROFILE_FILE
 from propensity.model import PropensityModel
+from propensity.rollout import CANARY, Challenger
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.testing import isolated
 from streaming.job import StreamOptions
 from streaming.job import run as run_stream
 from tests.test_streaming import send
+from training.retrain import Retrain, retrain
 from training.train import TrainResult, files_data, lake_data, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -160,3 +163,21 @@ def test_training_on_streamed_days_equals_training_on_the_files(
         assert from_lake.metrics["validation"][key] == pytest.approx(
             from_files.metrics["validation"][key], rel=1e-9), key
     assert from_lake.metrics["rows"]["train"] == from_files.metrics["rows"]["train"]
+
+    # Retraining on the same lake: refit on both days, a canary challenger, never the champion.
+    retrained = retrain(by_lake, Retrain(days=40, valid_days=7, canary_share=0.1,
+                                         out=tmp_path / "retrain"))
+    assert model_store.latest(by_lake) == from_lake.version  # the champion stays
+    assert retrained.challenger == Challenger(retrained.version, CANARY, 0.1)
+    assert model_store.rollout(by_lake).challenger == retrained.challenger
+    assert "sessions started from 2019-10-26" in retrained.split  # November's day validates
+    assert retrained.metrics["validation"]["points"] == from_lake.metrics["validation"]["points"]
+    refit = retrained.metrics["refit"]
+    assert refit["points"] == (from_lake.metrics["rows"]["train"]
+                               + from_lake.metrics["rows"]["validation"])
+    assert refit["trees"] == from_lake.metrics["params"]["trees"]  # the same settings chosen
+    stored = model_store.load(by_lake, retrained.version)
+    assert stored.booster.num_trees() == refit["trees"]
+    assert stored.calibration.a == refit["calibration"]["a"]
+    assert model_store.read_file(by_lake, retrained.version, PROFILE_FILE) is not None
+    assert all(check["passed"] for check in retrained.metrics["checks"])

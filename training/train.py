@@ -110,8 +110,7 @@ def fit_booster(train: pd.DataFrame, valid: pd.DataFrame, params: dict | None = 
     """LightGBM with monotone constraints, positives weighted up to balance the classes,
     early-stopped on the validation AUC."""
     y = labels(train)
-    chosen = {**LGB_PARAMS, "monotone_constraints": monotone_constraints(columns),
-              "scale_pos_weight": (len(y) - y.sum()) / max(y.sum(), 1), **(params or {})}
+    chosen = {**_params(y, columns), **(params or {})}
     booster = lgb.train(
         chosen, lgb.Dataset(encode(train, columns), y, feature_name=list(columns)),
         MAX_ROUNDS,
@@ -119,6 +118,21 @@ def fit_booster(train: pd.DataFrame, valid: pd.DataFrame, params: dict | None = 
         callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
     # Keep only the trees up to the best iteration: the stored model is the early-stopped one.
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=booster.best_iteration))
+
+
+def fit_booster_rounds(frame: pd.DataFrame, rounds: int,
+                       columns: tuple[str, ...] = COLUMN_NAMES) -> lgb.Booster:
+    """LightGBM as fit_booster, for a number of trees already chosen (no early stopping)."""
+    y = labels(frame)
+    return lgb.train(_params(y, columns), lgb.Dataset(encode(frame, columns), y,
+                                                      feature_name=list(columns)), rounds)
+
+
+def _params(y: np.ndarray, columns: tuple[str, ...]) -> dict:
+    """LGB_PARAMS with the columns' monotone constraints and positives weighted up to
+    balance the classes."""
+    return {**LGB_PARAMS, "monotone_constraints": monotone_constraints(columns),
+            "scale_pos_weight": (len(y) - y.sum()) / max(y.sum(), 1)}
 
 
 def fit_calibration(raw: np.ndarray, y: np.ndarray) -> Calibration:
@@ -179,6 +193,20 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
     plots = report.plots(y, {"lightgbm": scores, **baselines}, uncalibrated, honest,
                          importance)
     return summary, plots
+
+
+def version_files(model: PropensityModel, summary: dict, plots: dict[str, bytes],
+                  trained_on: pd.DataFrame, out: Path) -> dict[str, bytes]:
+    """A version's files for the store (the model, its plots, training profile, metrics and
+    card), also written to `out`."""
+    files = {**model.to_files(), **plots,
+             drift.PROFILE_FILE: json.dumps(training_profile(model, trained_on)).encode(),
+             "metrics.json": json.dumps(summary, indent=2, default=str).encode(),
+             "model_card.md": report.model_card(summary).encode()}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (out / name).write_bytes(content)
+    return files
 
 
 def training_profile(model: PropensityModel, train_set: pd.DataFrame) -> dict:
@@ -265,13 +293,7 @@ def train(settings: Settings, data: TrainingData, out: Path, register: bool = Tr
         "params": {**LGB_PARAMS, "trees": model.booster.num_trees()},
         **assessment,
     }
-    files = {**model.to_files(), **plots,
-             drift.PROFILE_FILE: json.dumps(training_profile(model, train_set)).encode(),
-             "metrics.json": json.dumps(summary, indent=2, default=str).encode(),
-             "model_card.md": report.model_card(summary).encode()}
-    out.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        (out / name).write_bytes(content)
+    files = version_files(model, summary, plots, train_set, out)
     result = TrainResult(None, False, "not registered (--no-register)", str(out), summary)
     if register:
         registration = model_store.register(settings, files,

@@ -6,11 +6,12 @@
 #                        with backoff, so a crash or a Redis failover does not end the step
 #   run-step.sh batch [DATE]  the daily batch for DATE (default: the day that just ended, UTC)
 #   run-step.sh monitor [DATE]  the live quality of DATE's predictions (same default; no Spark)
+#   run-step.sh retrain [DAYS]  a challenger from the lake's newest DAYS days (default 28)
 set -euo pipefail
 case "${1:-}" in
-  stream | batch | monitor) ;;
+  stream | batch | monitor | retrain) ;;
   *)
-    echo "usage: run-step.sh stream|batch|monitor [DATE]" >&2
+    echo "usage: run-step.sh stream|batch|monitor|retrain [DATE|DAYS]" >&2
     exit 2
     ;;
 esac
@@ -41,5 +42,9 @@ case "${1:-}" in
     ;;
   monitor)
     exec python3.11 -m propensity.cli monitor --day "${2:-$(date -u -d yesterday +%F)}"
+    ;;
+  retrain)
+    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry training.retrain)" \
+      --days "${2:-28}"
     ;;
 esac
