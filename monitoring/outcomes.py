@@ -1,7 +1,8 @@
 """The prediction log's rows of some days with their outcome: did the session purchase after
 the moment it was scored (`as_of`)? The label is training's (training/dataset.py: a point is
-positive when its session goes on to purchase), read from the event lake's purchases of the
-same days and the day after (a session may cross midnight).
+positive when its session goes on to purchase), read from the event lake's purchases of the days
+the rows were scored for (`as_of`: the day answered in production, the events' days in a
+replay) and the day after (a session may cross midnight).
 
 The log is read batch by batch (`labelled_batches`); the purchases are held once, as the last
 purchase time of each purchasing session (a small table next to the log).
@@ -41,10 +42,11 @@ def day_dataset(settings: Settings, uri: str, days: Sequence[date]) -> ds.Datase
     return ds.dataset(found, filesystem=filesystem, format="parquet") if found else None
 
 
-def last_purchases(settings: Settings, days: Sequence[date]) -> pa.Table:
-    """session_id -> the time of its last purchase, from the lake's events of `days` and the
-    day after the last."""
-    lake = day_dataset(settings, settings.events_uri, sorted({*days, max(days) + timedelta(1)}))
+def last_purchases(settings: Settings, first: date, last: date) -> pa.Table:
+    """session_id -> the time of its last purchase, from the lake's events of the days from
+    `first` to `last` and the day after."""
+    lake = day_dataset(settings, settings.events_uri,
+                       [first + timedelta(n) for n in range((last - first).days + 2)])
     empty = pa.table({"session_id": pa.array([], pa.string()),
                       _LAST_PURCHASE: pa.array([], TIMESTAMP)})
     if lake is None:
@@ -65,11 +67,25 @@ def labelled_batches(settings: Settings, days: Sequence[date], columns: Sequence
     log = day_dataset(settings, settings.predictions_uri, days)
     if log is None:
         return
-    purchases = last_purchases(settings, days)
+    purchases = last_purchases(settings, *scored_days(log))
     wanted = list(dict.fromkeys([*columns, "session_id", "as_of"]))
     for batch in log.to_batches(columns=wanted, batch_size=BATCH_ROWS):
         if batch.num_rows:
             yield label(pa.Table.from_batches([batch]), purchases)
+
+
+def scored_days(log: ds.Dataset) -> tuple[date, date]:
+    """The first and last day the log's rows were scored for (`as_of`): the day answered in
+    production, the events' own days in a replay or a backfill."""
+    low = high = None
+    for batch in log.to_batches(columns=["as_of"], batch_size=BATCH_ROWS):
+        if batch.num_rows:
+            bounds = pc.min_max(batch.column(0))
+            low = min(filter(None, (low, bounds["min"].as_py())))
+            high = max(filter(None, (high, bounds["max"].as_py())))
+    if low is None:
+        raise ValueError("the prediction log's objects hold no rows")
+    return low.date(), high.date()
 
 
 def label(rows: pa.Table, purchases: pa.Table) -> pa.Table:

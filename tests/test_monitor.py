@@ -27,7 +27,10 @@ from propensity.testing import isolated
 from serving.prediction_log import Prediction, object_key, parquet_bytes, to_table
 from training import metrics as row_metrics
 
-DAY = date(2019, 11, 5)
+# The log is a replay's: answered today, each row scored for (as_of) its events' time in 2019;
+# the monitor finds the purchases by the days scored for.
+DAY = date(2026, 12, 6)
+REPLAYED_AT = datetime(2026, 12, 6, 9, tzinfo=UTC)
 NOON = datetime(2019, 11, 5, 12, tzinfo=UTC)
 
 
@@ -138,7 +141,8 @@ def _hand_made(sessions: int = 400) -> tuple[list[Prediction], dict[str, datetim
             rid = uuid.uuid4().hex
             bought = session in purchases and purchases[session] > at
             degraded = (i + j) % 10 == 0
-            rows.append(Prediction(rid, at.timestamp(), at.timestamp(), session, user, 7,
+            answered = REPLAYED_AT + (at - NOON)
+            rows.append(Prediction(rid, answered.timestamp(), at.timestamp(), session, user, 7,
                                    "v2" if variant == CHALLENGER else "v1", variant,
                                    float(next(scores)), degraded, next(inputs)))
             labels[rid, variant] = bought
@@ -149,8 +153,8 @@ def _hand_made(sessions: int = 400) -> tuple[list[Prediction], dict[str, datetim
     at = NOON + timedelta(hours=1)  # user 999 answered by both variants
     for variant, version in ((CHAMPION, "v1"), (CHALLENGER, "v2")):
         rid = uuid.uuid4().hex
-        rows.append(Prediction(rid, at.timestamp(), at.timestamp(), "mixed", 999, 7, version,
-                               variant, float(next(scores)), False, next(inputs)))
+        rows.append(Prediction(rid, REPLAYED_AT.timestamp(), at.timestamp(), "mixed", 999, 7,
+                               version, variant, float(next(scores)), False, next(inputs)))
         labels[rid, variant] = False
     return rows, purchases, labels
 

@@ -4,8 +4,8 @@ champion.
 1. The daily batch runs over the lake's last N days (idempotent); their points get every
    feature point-in-time, as `propensity train --lake` does.
 2. Validation is the newest `valid_days` days, by the first point of each session (a session is
-   on one side only). When the lake holds no more than that, the newest quarter of its time
-   span validates instead (a newly started lake, the demo's three hours), and the summary says so.
+   on one side only). When the lake holds no more than that, the newest quarter of its sessions
+   validates instead (a newly started lake, the demo's hours), and the summary says so.
 3. Settings are chosen on validation (the number of trees by early stopping, the calibration),
    and the validation figures, behavioural checks and report are those of that model: honest
    figures of the chosen settings.
@@ -52,7 +52,7 @@ from training.train import (
 )
 
 CALIBRATION_FOLDS = 5
-NEWEST_SHARE = 0.25  # validation when the lake is no longer than the validation window
+NEWEST_SHARE = 0.25  # of the sessions: validation when the lake is no longer than its window
 
 
 @dataclass(frozen=True)
@@ -98,16 +98,15 @@ def window(lake_days: list[date], days: int) -> tuple[date, date]:
 
 
 def split_sessions(points: pd.DataFrame, valid_from: datetime) -> tuple[pd.Series, str]:
-    """Whether each point validates (its session started at or after `valid_from`, or in the
-    newest quarter of the time span when that leaves either side empty), and how it split."""
+    """Whether each point validates (its session started at or after `valid_from`, or is among
+    the newest quarter of the sessions when that leaves either side empty), and how it split."""
     started = points.groupby(F.SESSION_ID)["event_time"].transform("min")
     valid = started >= valid_from
     if valid.all() or not valid.any():
-        first, last = started.min(), started.max()
-        cut = first + (last - first) * (1 - NEWEST_SHARE)
-        return started >= cut, (f"sessions started from {cut:%Y-%m-%d %H:%M} UTC (the newest "
-                                f"quarter of the lake's time: it holds less than the "
-                                f"validation window)")
+        cut = points.groupby(F.SESSION_ID)["event_time"].min().quantile(1 - NEWEST_SHARE)
+        return started >= cut, (f"sessions started from {cut:%Y-%m-%d %H:%M:%S} UTC (the "
+                                "newest quarter of the sessions: the lake holds less than the "
+                                "validation window)")
     return valid, f"sessions started from {valid_from:%Y-%m-%d} UTC"
 
 
