@@ -1,7 +1,7 @@
 """The monitor's daily report: markdown with plots (PNG bytes), and the text the command
 prints. Plots: per model version and variant, the score's histogram live against training,
-the reliability of the live scores, and the drifted features' histograms side by side (those
-flagged, else the three with the largest PSI)."""
+the reliability of the live scores, and the drifted features' histograms side by side (the
+flagged ones with the largest PSI, at most six; else the three largest)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from monitoring.live import DayReport
 
 REPORT_FILE = "report.md"
-PLOTTED_FEATURES = 3  # per version and variant when none is flagged
+PLOTTED_FEATURES = 6  # per version and variant: the flagged ones with the largest PSI
 
 
 def _png(figure: Figure) -> bytes:
@@ -50,8 +50,10 @@ def _reliability(table: list[dict[str, Any]], title: str) -> bytes:
 
 
 def _plotted(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The features to plot (rows come largest PSI first): the flagged ones, else the first
+    three, at most PLOTTED_FEATURES."""
     features = [r for r in rows if r["kind"] == "feature"]
-    return [r for r in features if r["flagged"]] or features[:PLOTTED_FEATURES]
+    return ([r for r in features if r["flagged"]] or features[:3])[:PLOTTED_FEATURES]
 
 
 def _name(*parts: str) -> str:
@@ -100,7 +102,7 @@ QUALITY_HEADER = ("version", "variant", "answers", "pos.rate", "ROC AUC", "valid
                   "ECE", "P@5%", "R@5%", "P@10%", "R@10%", "degraded")
 
 
-def _quality_cells(r: dict[str, Any]) -> tuple[str, ...]:
+def quality_cells(r: dict[str, Any]) -> tuple[str, ...]:
     return (r["model_version"], r["variant"], str(r["points"]), _cell(r["positive_rate"]),
             _cell(r["roc_auc"]), _cell(r["validation_auc"]), _cell(r["pr_auc"]),
             _cell(r["ece"]), _cell(r["precision_top5"], 3), _cell(r["recall_top5"], 3),
@@ -111,7 +113,7 @@ def _quality_cells(r: dict[str, Any]) -> tuple[str, ...]:
 def _quality_table(rows: list[dict[str, Any]]) -> list[str]:
     return ["| " + " | ".join(QUALITY_HEADER) + " |",
             "|" + "---|" * len(QUALITY_HEADER),
-            *("| " + " | ".join(_quality_cells(r)) + " |" for r in rows)]
+            *("| " + " | ".join(quality_cells(r)) + " |" for r in rows)]
 
 
 def text(measured: DayReport) -> str:
@@ -121,7 +123,7 @@ def text(measured: DayReport) -> str:
     lines = [f"live quality {measured.day}:", " | ".join(QUALITY_HEADER)]
     for r in measured.quality:
         alarm = "  ALARM: ROC AUC below 95% of validation" if r["below_validation"] else ""
-        lines.append(" | ".join(_quality_cells(r)) + alarm)
+        lines.append(" | ".join(quality_cells(r)) + alarm)
     for r in measured.quality:
         mine = [d for d in measured.drift
                 if (d["model_version"], d["variant"]) == (r["model_version"], r["variant"])]

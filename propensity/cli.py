@@ -316,7 +316,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="replay at N times the original pace (default 80: the sample's "
                            "3 hours in about 2 minutes)")
     demo.add_argument("--duration", type=_POSITIVE, default=150.0, metavar="SECONDS",
-                      help="stop the replay after this long (default 150)")
+                      help="stop each part of the replay (before and after the challenger) "
+                           "after this long (default 150)")
     demo.add_argument("--history", type=_input_file, action="append", default=[], metavar="FILE",
                       help="earlier REES46 file to import and batch first (repeatable)")
     demo.add_argument("--keep-running", action="store_true",

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,6 +42,7 @@ class Answer:
     propensity: float
     latency_ms: float
     degraded: bool
+    variant: str
 
 
 @dataclass
@@ -158,7 +160,7 @@ class Shop:
                 raise ValueError(body)
             self.watch.answers.append(Answer(
                 started - self.watch.started, request["session_id"], body["propensity"],
-                (time.monotonic() - started) * 1000, body["degraded"]))
+                (time.monotonic() - started) * 1000, body["degraded"], body["variant"]))
         except (httpx.HTTPError, ValueError, KeyError):
             self.watch.errors += 1
 
@@ -222,11 +224,14 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effect: str
-           ) -> Path:
-    """report.md with propensity-over-time, latency and freshness plots and the daily batch's
-    effect on the last sessions; returns its path."""
+def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effect: str,
+           monitored: Any, readout: Any) -> Path:
+    """report.md with propensity-over-time, latency and freshness plots, the daily batch's
+    effect on the last sessions, the variant split, each variant's live quality and the A/B
+    readout (the monitor's own report with the drift beside it); returns its path."""
     from matplotlib.figure import Figure
+
+    from monitoring.report import QUALITY_HEADER, quality_cells
 
     folder.mkdir(parents=True, exist_ok=True)
     answers = watch.answers
@@ -278,6 +283,16 @@ def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effe
         f"- feature freshness (p50 per micro-batch): median {np.median(fresh):.2f} s, max "
         f"{fresh.max():.2f} s over {len(watch.freshness_p50_s)} batches",
         f"- the daily batch over the streamed day, for {batch_effect}", "",
+        "", "## Champion and challenger", "",
+        "The shop's answers by variant: "
+        + ", ".join(f"{variant} {count:,}" for variant, count in sorted(collections.Counter(
+            a.variant for a in answers).items())) + ". Live quality of each on the replayed "
+        "sample (`propensity monitor`; outcomes from the lake):", "",
+        "| " + " | ".join(QUALITY_HEADER) + " |", "|" + "---|" * len(QUALITY_HEADER),
+        *("| " + " | ".join(quality_cells(row)) + " |" for row in monitored.quality), "",
+        "```", readout.format(), "```", "",
+        "Drift of the inputs and the score against each version's training profile, with "
+        "plots: [the monitor's report](monitor/report.md).", "",
         "![propensity over time](propensity.png)", "",
         "![scorer latency](latency.png)", "",
         "![feature freshness](freshness.png)", "",
