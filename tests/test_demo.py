@@ -8,12 +8,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from propensity.demo import run_demo
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.stack import LocalStack
 
 
+@pytest.mark.beside  # its own stack and processes, mostly waiting on the replay: second lane
 def test_the_demo_runs_end_to_end_and_writes_its_report(tmp_path: Path,
                                                         capsys) -> None:
     settings = Settings(PROPENSITY_HOME=tmp_path)
