@@ -49,8 +49,8 @@ $(EMR_STAMP): pyproject.toml constraints.txt $(EMR_RUNTIME)
 # The tests in two lanes, then a third part: the main tests in one process; beside them, the
 # jobs' tests on the EMR runtime's pyspark and then the tests marked `beside` (the chaos
 # suite's fault scenarios and the demo: long, mostly waiting, sized for a busy machine); when
-# both lanes are done, the tests marked `alone` (the chaos scenarios that judge the scorer's latency on
-# this machine's CPU) by themselves. Every part runs whatever another part did; the target
+# both lanes are done, the tests marked `alone` (the chaos scenarios that judge the scorer's
+# latency on this machine's CPU) by themselves. Every part runs whatever another part did; the target
 # fails if any failed. On a machine with more cores, TEST_WORKERS=N runs the main lane on N
 # pytest-xdist workers (a module's tests stay together, see tests/conftest.py); here 3
 # workers with the EMR pass beside took 41 min for the main lane alone (one process took 35
