@@ -2,8 +2,10 @@
 
 The unit is the shopper the scorer assigns a variant to (propensity/rollout.py: the user, or
 the session when anonymous); a shopper converted when one of their scored sessions purchased
-after a prediction (the monitor's label, monitoring/outcomes.py). Shoppers answered by both
-variants (the plan changed during the days, e.g. a canary widened) are left out and counted.
+after a prediction (the monitor's label, monitoring/outcomes.py). The experiment starts with the
+challenger's first answer in the days: the champion's answers before it are not counted (they
+had no rival). Shoppers answered by both variants (the plan changed during the days, e.g. a
+canary widened) are left out and counted.
 Shadow scores answer no one and take no part. The test: two proportions
 (propensity/experiment.py), with the units each variant would need to detect the given lift of
 the champion's rate at 80% power, alpha 0.05.
@@ -12,14 +14,16 @@ the champion's rate at 80% power, alpha 0.05.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from monitoring.outcomes import LABEL, labelled_batches
+from monitoring.outcomes import LABEL, day_dataset, labelled_batches
 from propensity import experiment
 from propensity.experiment import Comparison, Conversions
+from propensity.predictions import TIMESTAMP
 from propensity.rollout import CHALLENGER, CHAMPION, SESSION_KEY, USER_KEY
 from propensity.settings import Settings
 
@@ -44,11 +48,13 @@ class AbResult:
     conversions: dict[str, Conversions]  # per variant (champion, challenger)
     versions: dict[str, list[str]] = field(default_factory=dict)  # the versions per variant
     mixed: int = 0  # shoppers answered by both variants: left out
+    started: datetime | None = None  # the challenger's first answer
     comparison: Comparison | None = None  # challenger against champion
     needed_per_variant: int | None = None  # units per variant to detect the lift
 
     def format(self) -> str:
-        lines = [f"A/B {self.test.first}..{self.test.last}: conversion per shopper "
+        since = f" from {self.started:%Y-%m-%d %H:%M:%S} UTC" if self.started else ""
+        lines = [f"A/B {self.test.first}..{self.test.last}{since}: conversion per shopper "
                  f"(user, or session when anonymous) after a prediction"]
         for variant in (CHAMPION, CHALLENGER):
             c = self.conversions.get(variant, Conversions(0, 0))
@@ -79,12 +85,28 @@ def shopper_keys(user_id: pa.ChunkedArray, session_id: pa.ChunkedArray) -> pa.Ch
                       pc.binary_join_element_wise(SESSION_KEY, session_id, ""))
 
 
+def experiment_start(settings: Settings, days: list[date]) -> datetime | None:
+    """When the challenger first answered in these days (None: it never did)."""
+    log = day_dataset(settings, settings.predictions_uri, days)
+    if log is None:
+        return None
+    times = log.to_table(columns=["answered_at"],
+                         filter=ds.field("variant") == CHALLENGER)["answered_at"]
+    return pc.min(times).as_py() if len(times) else None
+
+
 def run(settings: Settings, test: AbTest) -> AbResult:
     per_shopper: list[pa.Table] = []
     per_version: list[pa.Table] = []
+    # Both variants from the challenger's first answer on: the champion's answers before it
+    # had no rival, and counting them would compare different periods.
+    started = experiment_start(settings, test.days())
     for table in labelled_batches(settings, test.days(), ["user_id", "variant",
-                                                          "model_version"]):
+                                                          "model_version", "answered_at"]):
         answered = table.filter(pc.is_in(table["variant"], pa.array([CHAMPION, CHALLENGER])))
+        if started is not None:
+            answered = answered.filter(pc.greater_equal(answered["answered_at"],
+                                                        pa.scalar(started, TIMESTAMP)))
         answered = answered.append_column(
             SHOPPER, shopper_keys(answered["user_id"], answered["session_id"]))
         per_shopper.append(answered.group_by([SHOPPER, "variant"]).aggregate([(LABEL, "max")]))
@@ -109,5 +131,5 @@ def run(settings: Settings, test: AbTest) -> AbResult:
     baseline = conversions[CHAMPION].rate
     needed = (experiment.sample_size(baseline, test.lift) if baseline and baseline < 1
               else None)
-    return AbResult(test, conversions, by_variant, len(variants_of) - len(single),
+    return AbResult(test, conversions, by_variant, len(variants_of) - len(single), started,
                     experiment.compare(conversions[CHAMPION], conversions[CHALLENGER]), needed)

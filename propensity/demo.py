@@ -3,11 +3,12 @@
 A fresh local stack; optional history through the daily batch; the shipped model as the
 champion (`latest`); the streaming job and the scorer running while the bundled REES46 sample is
 replayed at a chosen speed and a small shop backend asks for propensities of live sessions (live
-view in propensity/live_demo.py). After the first 60% of the events, `propensity retrain` learns
-from the lake just streamed and its model becomes a canary challenger for half the shoppers; the
-rest is replayed with both answering. Then Feast's online features are checked against the fold
-over the events sent, the daily batch runs, `propensity monitor` measures each variant's live
-quality and drift on the replayed sample with an A/B readout, and the report is written.
+view in propensity/live_demo.py). After the first half of the events, `propensity retrain`
+learns from the lake just streamed and its model becomes a canary challenger for half the
+shoppers; the rest is replayed 8 times slower with both answering. Then Feast's online
+features are checked against the fold over the events sent, the daily batch runs,
+`propensity monitor` measures each variant's live quality and drift on the replayed sample
+with an A/B readout, and the report is written.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ EVENTS_PER_RECORD = 10  # moto takes ~2k records/s; packing keeps the demo quick
 # The share of the sample's events streamed before the challenger is trained on the lake; the
 # rest is answered by the champion and the challenger side by side, and the monitor measures
 # both on it (the challenger never saw those events).
-CHALLENGER_AFTER = 0.6
+CHALLENGER_AFTER = 0.5
 DEMO_CANARY = 0.5
+# The rest is replayed this many times slower: the bundled sample's events crowd into its last
+# half hour, so at the demo's speed the variants would answer side by side for seconds only.
+SIDE_BY_SIDE_SLOWER = 8
 
 
 def _mismatched_rows(got: pd.DataFrame, want: pd.DataFrame) -> int:
@@ -256,11 +260,12 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
             shop = live_demo.Shop(url, watch)
             shop.start()
 
-            def replay(until: float, max_events: float = float("inf")) -> None:
+            def replay(until: float, max_events: float = float("inf"), pace: float = speed
+                       ) -> None:
                 replayer = threading.Thread(target=lambda: send_events(
                     frames_until(frames, until, max_events),
                     KinesisWriter(kinesis, demo.kinesis_stream),
-                    ShardMap(list_shards(kinesis, demo.kinesis_stream)), speed=speed,
+                    ShardMap(list_shards(kinesis, demo.kinesis_stream)), speed=pace,
                     events_per_record=EVENTS_PER_RECORD, progress=False,
                     on_sent=watch.on_sent), daemon=True)
                 replayer.start()
@@ -280,9 +285,10 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
                                           stack.dir / "demo-retrain.log")
             if challenger:
                 await_rollout(url, challenger)
-            print(f"[7/9] replaying the rest for up to {duration_s:.0f} s, the champion and "
-                  "the challenger answering side by side ...")
-            replay(time.monotonic() + duration_s)
+            print(f"[7/9] replaying the rest at {speed / SIDE_BY_SIDE_SLOWER:g}x for up to "
+                  f"{duration_s:.0f} s, the champion and the challenger answering side by "
+                  "side ...")
+            replay(time.monotonic() + duration_s, pace=speed / SIDE_BY_SIDE_SLOWER)
             time.sleep(4)  # the last micro-batches reach Redis
             shop.stop()
             watch.read_job_log(log)

@@ -121,7 +121,8 @@ def _inputs(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
 
 def _hand_made(sessions: int = 400) -> tuple[list[Prediction], dict[str, datetime], dict]:
     """Predictions of `sessions` sessions (3 each; users for the first 300, two sessions per
-    user; then anonymous), variants by the canary's hash, shadow scores for the first 50
+    user; then anonymous), variants by the canary's hash from the 21st session (the champion
+    alone before), shadow scores for the first 50
     sessions, and purchases: every third session buys, after all its predictions or between
     its first and second; one buys after midnight; one shopper sees both variants."""
     scores = iter(_distinct_scores(sessions * 4 + 10, seed=3))
@@ -129,7 +130,8 @@ def _hand_made(sessions: int = 400) -> tuple[list[Prediction], dict[str, datetim
     rows, purchases, labels = [], {}, {}
     for i in range(sessions):
         session, user = f"s{i}", (i // 2 if i < 300 else None)
-        variant = CHALLENGER if rollout.answers_as_challenger(
+        # The canary starts after the first 20 sessions were answered by the champion alone.
+        variant = CHALLENGER if i >= 20 and rollout.answers_as_challenger(
             CANARY_PLAN, rollout.shopper_key(user, session)) else CHAMPION
         times = [NOON + timedelta(seconds=i, minutes=j) for j in range(3)]
         if i % 3 == 0:
@@ -153,8 +155,9 @@ def _hand_made(sessions: int = 400) -> tuple[list[Prediction], dict[str, datetim
     at = NOON + timedelta(hours=1)  # user 999 answered by both variants
     for variant, version in ((CHAMPION, "v1"), (CHALLENGER, "v2")):
         rid = uuid.uuid4().hex
-        rows.append(Prediction(rid, REPLAYED_AT.timestamp(), at.timestamp(), "mixed", 999, 7,
-                               version, variant, float(next(scores)), False, next(inputs)))
+        rows.append(Prediction(rid, (REPLAYED_AT + (at - NOON)).timestamp(), at.timestamp(),
+                               "mixed", 999, 7, version, variant, float(next(scores)), False,
+                               next(inputs)))
         labels[rid, variant] = False
     return rows, purchases, labels
 
@@ -271,8 +274,11 @@ def test_ab_counts_shoppers_once_and_leaves_out_those_who_saw_both(monitored: di
     rows, labels = monitored["rows"], monitored["labels"]
     result = ab.run(monitored["settings"], ab.AbTest(DAY, DAY, lift=0.1))
     expected: dict[str, dict[str, bool]] = {CHAMPION: {}, CHALLENGER: {}}
+    started = min(r.answered_at for r in rows if r.variant == CHALLENGER)
+    assert any(r.answered_at < started for r in rows)  # champion answers without a rival
+    assert result.started == datetime.fromtimestamp(started, UTC)
     for r in rows:
-        if r.variant != SHADOW and r.session_id != "mixed":
+        if r.variant != SHADOW and r.session_id != "mixed" and r.answered_at >= started:
             key = rollout.shopper_key(r.user_id, r.session_id)
             expected[r.variant][key] = (expected[r.variant].get(key, False)
                                         or labels[r.request_id, r.variant])
