@@ -149,7 +149,7 @@ def test_health_ready_and_metrics(served: dict) -> None:
     assert ready.status_code == 200 and ready.json()["model_version"] == served["version"]
     post(url, "/v1/propensity", served["keys"][0])
     metrics = httpx.get(f"{url}/metrics").text
-    info = f'propensity_model_info{{version="{served["version"]}"}}'
+    info = f'propensity_model_info{{variant="champion",version="{served["version"]}"}}'
     for name in ("propensity_request_seconds_bucket", "propensity_feature_read_seconds",
                  "propensity_model_seconds", "propensity_degraded_total",
                  "propensity_errors_total", info):

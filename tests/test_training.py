@@ -83,9 +83,10 @@ def test_train_on_october_beats_both_baselines_on_november(
 def test_the_version_holds_booster_features_calibration_metrics_card_and_plots(
         trained: tuple[Settings, TrainResult, Path], cli: Callable) -> None:
     settings, result, folder = trained
-    stored = {name: model_store._get(settings, f"{result.version}/{name}")
+    stored = {name: model_store.read_file(settings, result.version, name)
               for name in ("model.txt", "model.json", "metrics.json", "model_card.md",
-                           "roc.png", "pr.png", "calibration.png", "importance.png")}
+                           "roc.png", "pr.png", "calibration.png", "importance.png",
+                           PROFILE_FILE)}
     assert all(data for data in stored.values()), [k for k, v in stored.items() if not v]
     assert all(stored[n].startswith(PNG) for n in stored if n.endswith(".png"))
     assert stored["model.txt"].startswith(b"tree")  # LightGBM's text format
@@ -96,6 +97,11 @@ def test_the_version_holds_booster_features_calibration_metrics_card_and_plots(
                     "## Limits"):
         assert heading in card
     assert (folder / "report" / "model_card.md").read_bytes() == stored["model_card.md"]
+    # The training profile the monitor compares live rows with: the model's columns, from
+    # every training point.
+    profile = json.loads(stored[PROFILE_FILE])
+    assert profile["columns"] == spec["columns"]
+    assert profile["rows"] == result.metrics["rows"]["train"]
 
     listed = cli(settings, "model", "list")
     assert listed.returncode == 0, listed.stderr[-2000:]
