@@ -176,9 +176,7 @@ def store(settings: Settings, measured: DayReport) -> list[str]:
 
 
 def _parquet(rows: list[dict[str, Any]]) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), out, compression="zstd")
-    return out.getvalue()
+    return aws.parquet_bytes(pa.Table.from_pylist(rows))
 
 
 def metric_data(measured: DayReport, at: datetime) -> list[dict[str, Any]]:

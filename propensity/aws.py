@@ -133,6 +133,18 @@ def s3_location(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def parquet_bytes(table: Any) -> bytes:
+    """An Arrow table as the bytes of one zstd-compressed Parquet object (what the prediction
+    log and the monitor put to S3)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
 def read_parquet(settings: Settings, uri: str) -> Any:
     """A Parquet dataset on S3 (hive-partitioned, as the jobs write it) as an Arrow table;
     None when nothing is there yet."""

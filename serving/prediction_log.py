@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import io
 import itertools
 import logging
 import os
@@ -31,9 +30,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from propensity import aws
 from propensity.predictions import LOG_SCHEMA, TIMESTAMP, day_folder
 
 log = logging.getLogger("propensity.serving.prediction_log")
@@ -113,12 +112,6 @@ def by_date(predictions: Sequence[Prediction]) -> list[tuple[date, list[Predicti
 
 def object_key(prefix: str, day: date, instance: str, seq: int) -> str:
     return f"{day_folder(prefix, day)}{instance}-{seq:08d}.parquet"
-
-
-def parquet_bytes(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out, compression="zstd")
-    return out.getvalue()
 
 
 class LogMetrics:
@@ -202,7 +195,7 @@ class PredictionLog:
 
     def _write(self, day: date, rows: list[Prediction]) -> None:
         key = object_key(self.prefix, day, self.instance, next(self._seq))
-        self.put(key, parquet_bytes(to_table(rows)))
+        self.put(key, aws.parquet_bytes(to_table(rows)))
 
     async def close(self, runner: asyncio.Task | None) -> None:
         """Stops the background writer and writes what is queued (the graceful stop)."""

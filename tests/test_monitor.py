@@ -24,7 +24,7 @@ from propensity.predictions import day_folder
 from propensity.rollout import CANARY, CHALLENGER, CHAMPION, SHADOW, Challenger
 from propensity.settings import Settings
 from propensity.testing import isolated
-from serving.prediction_log import Prediction, object_key, parquet_bytes, to_table
+from serving.prediction_log import Prediction, object_key, to_table
 from training import metrics as row_metrics
 
 # The log is a replay's: answered today, each row scored for (as_of) its events' time in 2019;
@@ -181,7 +181,7 @@ def monitored(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> dict
     s3 = aws.client("s3", settings)
     bucket, prefix = aws.s3_location(settings.predictions_uri)
     s3.put_object(Bucket=bucket, Key=object_key(prefix, DAY, "hand", 0),
-                  Body=parquet_bytes(to_table(rows)))
+                  Body=aws.parquet_bytes(to_table(rows)))
     lake_bucket, lake_prefix = aws.s3_location(settings.events_uri)
     users = {r.session_id: r.user_id for r in rows}
     for day, events_of_day in _lake_rows(purchases, users).items():
