@@ -32,23 +32,25 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
-from propensity import aws, model_store
 from propensity import features as F
+from propensity import model_store
 from propensity.model import COLUMN_NAMES, PropensityModel, encode
 from propensity.rollout import Challenger
 from propensity.settings import Settings
 from training import checks
-from training.dataset import DatasetError, from_lake, with_request_time_features
+from training.dataset import DatasetError
 from training.train import (
     LABEL,
-    LGB_PARAMS,
+    ROW_ORDER,
     TrainingData,
     assess,
     fit_booster_rounds,
     fit_calibration,
     fit_model,
     labels,
+    lake_points,
     version_files,
+    version_summary,
 )
 
 CALIBRATION_FOLDS = 5
@@ -110,17 +112,6 @@ def split_sessions(points: pd.DataFrame, valid_from: datetime) -> tuple[pd.Serie
     return valid, f"sessions started from {valid_from:%Y-%m-%d} UTC"
 
 
-def lake_points(settings: Settings, first: date, last: date) -> tuple[pd.DataFrame,
-                                                                    pd.DataFrame]:
-    """Points of the days (the batch run over them first) and the lake's events."""
-    from batch.job import run as run_batch
-
-    run_batch(settings, argparse.Namespace(imports=[], as_of=None, first=first, last=last))
-    points = with_request_time_features(from_lake(settings))
-    points = points[points["event_time"].dt.date.between(first, last)].reset_index(drop=True)
-    return points, aws.read_parquet(settings, settings.events_uri).to_pandas()
-
-
 def refit(frame: pd.DataFrame, trees: int) -> PropensityModel:
     """The booster on all of `frame` with `trees` trees, calibrated out of fold."""
     y, sessions = labels(frame), frame[F.SESSION_ID].to_numpy()
@@ -139,8 +130,7 @@ def retrain(settings: Settings, request: Retrain) -> RetrainResult:
 
     first, last = window(lake_days(settings), request.days)
     points, lake = lake_points(settings, first, last)
-    order = [F.EVENT_TIMESTAMP, F.SESSION_ID, "event_id"]
-    points = points.sort_values(order, ignore_index=True)
+    points = points.sort_values(ROW_ORDER, ignore_index=True)
     valid_from = datetime.combine(last - timedelta(request.valid_days - 1), time.min, UTC)
     validates, split = split_sessions(points, valid_from)
     train_set, valid_set = points[~validates], points[validates]
@@ -161,13 +151,8 @@ def retrain(settings: Settings, request: Retrain) -> RetrainResult:
                                      settings.session_timeout_s)
     passed = all(c.passed for c in final_checks) and assessment["checks_passed"]
     final.metadata = summary = {
-        "trained_on": data.train_source, "validated_on": data.valid_source, "history": [],
-        "rows": {"train": len(data.train), "validation": len(data.valid),
-                 "train_positive_rate": float(labels(data.train).mean()),
-                 "validation_positive_rate": float(labels(data.valid).mean()),
-                 "invalid_rows": {}},
-        "params": {**LGB_PARAMS, "trees": chosen.booster.num_trees()},
-        **assessment,
+        **version_summary(data, data.train, data.valid, chosen.booster.num_trees(),
+                          assessment),
         "checks": checks.as_dicts(final_checks), "checks_passed": passed,
         "refit": {"points": len(everything), "trees": chosen.booster.num_trees(),
                   "calibration": {"method": f"platt, out of fold ({CALIBRATION_FOLDS} session "

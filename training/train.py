@@ -50,6 +50,8 @@ LGB_PARAMS = {
     "seed": 7, "deterministic": True, "num_threads": 2, "verbose": -1,
 }
 MAX_ROUNDS = 2000
+# One row order whatever the source (bagging depends on it): the same data, the same model.
+ROW_ORDER = [F.EVENT_TIMESTAMP, F.SESSION_ID, "event_id"]
 EARLY_STOPPING_ROUNDS = 100
 BASELINE_COUNTS = ("event_count", "view_count", "add_to_cart_count", "remove_from_cart_count")
 
@@ -195,6 +197,23 @@ def assess(model: PropensityModel, raw: np.ndarray, train_set: pd.DataFrame,
     return summary, plots
 
 
+def version_summary(data: TrainingData, train_set: pd.DataFrame, valid_set: pd.DataFrame,
+                    trees: int, assessment: dict) -> dict:
+    """A version's metadata: where it learnt and was validated, the rows, the parameters,
+    and the assessment (metrics, calibration, slices, checks)."""
+    return {
+        "trained_on": data.train_source,
+        "validated_on": data.valid_source,
+        "history": data.history,
+        "rows": {"train": len(train_set), "validation": len(valid_set),
+                 "train_positive_rate": float(labels(train_set).mean()),
+                 "validation_positive_rate": float(labels(valid_set).mean()),
+                 "invalid_rows": data.invalid},
+        "params": {**LGB_PARAMS, "trees": trees},
+        **assessment,
+    }
+
+
 def version_files(model: PropensityModel, summary: dict, plots: dict[str, bytes],
                   trained_on: pd.DataFrame, out: Path) -> dict[str, bytes]:
     """A version's files for the store (the model, its plots, training profile, metrics and
@@ -243,19 +262,26 @@ def files_data(settings: Settings, train_file: Path, valid_file: Path, history: 
                          "validation": dict(valid_checked.reason_counts())})
 
 
+def lake_points(settings: Settings, first: date, last: date) -> tuple[pd.DataFrame,
+                                                                    pd.DataFrame]:
+    """Points of the days from `first` to `last` (the daily batch run over them first: it is
+    idempotent) and the lake's events."""
+    from batch.job import run as run_batch
+
+    run_batch(settings, argparse.Namespace(imports=[], as_of=None, first=first, last=last))
+    points = with_request_time_features(from_lake(settings))
+    points = points[points["event_time"].dt.date.between(first, last)].reset_index(drop=True)
+    return points, aws.read_parquet(settings, settings.events_uri).to_pandas()
+
+
 def lake_data(settings: Settings, train_days: tuple[date, date],
               valid_days: tuple[date, date]) -> TrainingData:
     """From the streamed sessions in the lake, split by the day of each point: the daily
     batch runs (again: it is idempotent) over the days from the first to the last."""
-    from batch.job import run as run_batch
-
     if not train_days[0] <= train_days[1] < valid_days[0] <= valid_days[1]:
         raise DatasetError("lake days: the training days must come before the validation "
                            "days, each range FROM <= TO")
-    run_batch(settings, argparse.Namespace(imports=[], as_of=None, first=train_days[0],
-                                           last=valid_days[1]))
-    points = with_request_time_features(from_lake(settings))
-    lake = aws.read_parquet(settings, settings.events_uri).to_pandas()
+    points, lake = lake_points(settings, train_days[0], valid_days[1])
 
     def within(times: pd.Series, days: tuple[date, date]) -> pd.Series:
         day = times.dt.date
@@ -271,10 +297,8 @@ def lake_data(settings: Settings, train_days: tuple[date, date],
 
 def train(settings: Settings, data: TrainingData, out: Path, register: bool = True
           ) -> TrainResult:
-    # One row order whatever the source (bagging depends on it): the same data, the same model.
-    order = [F.EVENT_TIMESTAMP, F.SESSION_ID, "event_id"]
-    train_set = data.train.sort_values(order, ignore_index=True)
-    valid_set = data.valid.sort_values(order, ignore_index=True)
+    train_set = data.train.sort_values(ROW_ORDER, ignore_index=True)
+    valid_set = data.valid.sort_values(ROW_ORDER, ignore_index=True)
     for name, frame in (("training", train_set), ("validation", valid_set)):
         if frame.empty or frame[LABEL].nunique() < 2:
             raise DatasetError(f"the {name} set needs sessions with and without a purchase "
@@ -282,17 +306,8 @@ def train(settings: Settings, data: TrainingData, out: Path, register: bool = Tr
     model, raw = fit_model(train_set, valid_set)
     assessment, plots = assess(model, raw, train_set, valid_set, data.valid_events,
                                settings.session_timeout_s)
-    model.metadata = summary = {
-        "trained_on": data.train_source,
-        "validated_on": data.valid_source,
-        "history": data.history,
-        "rows": {"train": len(train_set), "validation": len(valid_set),
-                 "train_positive_rate": float(labels(train_set).mean()),
-                 "validation_positive_rate": float(labels(valid_set).mean()),
-                 "invalid_rows": data.invalid},
-        "params": {**LGB_PARAMS, "trees": model.booster.num_trees()},
-        **assessment,
-    }
+    model.metadata = summary = version_summary(data, train_set, valid_set,
+                                               model.booster.num_trees(), assessment)
     files = version_files(model, summary, plots, train_set, out)
     result = TrainResult(None, False, "not registered (--no-register)", str(out), summary)
     if register:
