@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from propensity import events, model_store
 from propensity import features as F
@@ -121,6 +122,20 @@ def test_bootstrap_resamples_whole_sessions() -> None:
     groups = np.repeat(["s1", "s2", "s3", "s4"], 50)
     low, high = metrics.bootstrap_auc(y, score, groups, resamples=300)
     assert low <= 0.25 and high >= 0.75
+
+
+def test_a_resample_auc_equals_sklearns_on_the_repeated_rows() -> None:
+    rng = np.random.default_rng(3)
+    y = (rng.random(2000) < 0.2).astype(int)
+    score = np.round(rng.random(2000) + 0.3 * y, 2)  # many ties
+    weight = rng.integers(0, 4, 2000)
+    levels, by_level = np.unique(score, return_inverse=True)
+    pos = np.bincount(by_level, weights=weight * (y == 1), minlength=len(levels))
+    neg = np.bincount(by_level, weights=weight * (y == 0), minlength=len(levels))
+    rows = np.repeat(np.arange(2000), weight)
+    assert metrics._weighted_auc(pos, neg) == pytest.approx(
+        roc_auc_score(y[rows], score[rows]), abs=1e-12)
+    assert metrics._weighted_auc(pos, np.zeros_like(neg)) is None
 
 
 def test_behavioural_checks_pass_for_the_trained_model(

@@ -39,18 +39,23 @@ def _precision_recall(y: np.ndarray, flagged: np.ndarray) -> dict[str, float | i
 
 def bootstrap_auc(y: np.ndarray, score: np.ndarray, groups: np.ndarray,
                   resamples: int = 1000, seed: int = 0) -> tuple[float, float] | None:
-    """95% interval of the AUC over resampled groups (sessions)."""
+    """95% interval of the AUC over resampled groups (sessions).
+
+    A resample is a count per group; its AUC is the AUC of the points weighted by their
+    group's count (the same as the AUC of the repeated rows), from positive and negative
+    weight per distinct score: one pass of bincounts instead of a sort per resample."""
     codes, _ = pd.factorize(groups)
-    order = np.argsort(codes, kind="stable")
-    starts = np.searchsorted(codes[order], np.arange(codes.max() + 1))
-    sizes = np.diff(np.r_[starts, len(codes)])
+    levels, by_level = np.unique(score, return_inverse=True)
+    positive = np.asarray(y) == 1
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):
-        picked = rng.integers(0, len(starts), len(starts))
-        rows = order[np.repeat(starts[picked], sizes[picked])
-                     + _ranges_within(sizes[picked])]
-        value = auc(y[rows], score[rows])
+        counts = np.bincount(rng.integers(0, codes.max() + 1, codes.max() + 1),
+                             minlength=codes.max() + 1)
+        weight = counts[codes].astype(float)
+        pos = np.bincount(by_level, weights=weight * positive, minlength=len(levels))
+        neg = np.bincount(by_level, weights=weight * ~positive, minlength=len(levels))
+        value = _weighted_auc(pos, neg)
         if value is not None:
             values.append(value)
     if not values:
@@ -59,10 +64,14 @@ def bootstrap_auc(y: np.ndarray, score: np.ndarray, groups: np.ndarray,
     return float(low), float(high)
 
 
-def _ranges_within(sizes: np.ndarray) -> np.ndarray:
-    """0..size-1 for each size, concatenated."""
-    ends = np.cumsum(sizes)
-    return np.arange(ends[-1]) - np.repeat(ends - sizes, sizes)
+def _weighted_auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    """ROC AUC from positive and negative weights per distinct score, in rising order: each
+    positive beats the negatives below it and ties half of those at its score."""
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return None
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + neg / 2)).sum() / (total_pos * total_neg))
 
 
 def summary(y: np.ndarray, score: np.ndarray, groups: np.ndarray,
