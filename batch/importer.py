@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from propensity import aws, events
+from propensity.lake import day_folder
 from propensity.settings import Settings
 
 
@@ -77,7 +78,7 @@ def import_file(settings: Settings, path: str | Path) -> ImportSummary:
         summary.days = sorted(pc.unique(dates).to_pylist())
         for day in summary.days:
             pq.write_table(valid.filter(pc.equal(dates, day)),
-                           f"{aws.s3_key(settings.events_uri)}/date={day}/{name}",
+                           day_folder(aws.s3_key(settings.events_uri), day) + name,
                            filesystem=filesystem)
     if invalid_parts:
         invalid = pd.concat(invalid_parts, ignore_index=True)
@@ -87,8 +88,8 @@ def import_file(settings: Settings, path: str | Path) -> ImportSummary:
                  events.ARRIVAL_TIME: [arrival] * len(invalid)}
         table = pa.table({f.name: pa.array(given[f.name], f.type) if f.name in given
                           else pa.nulls(len(invalid), f.type) for f in events.QUARANTINE_SCHEMA})
-        pq.write_table(table, f"{aws.s3_key(settings.quarantine_uri)}/"
-                              f"date={arrival:%Y-%m-%d}/{name}", filesystem=filesystem)
+        pq.write_table(table, day_folder(aws.s3_key(settings.quarantine_uri), arrival.date())
+                       + name, filesystem=filesystem)
     return summary
 
 

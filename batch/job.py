@@ -2,24 +2,28 @@
 a range of days in one pass over the lake, validate them, publish them.
 
 `propensity batch ...` runs it; so does spark-submit on EMR (`spark-submit batch/job.py ...`
-with PROPENSITY_SPARK_MASTER empty), with the same arguments.
+with PROPENSITY_SPARK_MASTER empty), with the same arguments (batch/request.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Any
 
-import feature_repo
-from batch import aggregates, checks, lake, publish
-from batch.errors import BatchError
-from batch.importer import ImportSummary, import_file
+from propensity import feature_repo
 from propensity import features as F
+from propensity.batch import aggregates, checks, lake, publish
+from propensity.batch.errors import BatchError
+from propensity.batch.importer import ImportSummary, import_file
+from propensity.batch.request import BatchRun, add_arguments, request_of
+from propensity.commandline import log_to_stderr
+from propensity.lake import lake_days
 from propensity.settings import Settings
 from propensity.spark import spark_session
 
@@ -60,35 +64,29 @@ class BatchSummary:
                 if s > 0 and counts.get(phase)}
 
 
-def day_range(args: argparse.Namespace, imported: list[str], lake_days: list[date]
+def day_range(request: BatchRun, imported: list[str], lake_days: list[date]
               ) -> tuple[date, date]:
-    """The run's first and last day from the arguments, the imported days and the lake."""
-    if args.first or args.last:
-        if not (args.first and args.last):
-            raise BatchError("--from and --to go together")
-        first, last = args.first, args.last
-    elif args.as_of:
-        first = last = args.as_of
-    elif imported:
-        first, last = date.fromisoformat(min(imported)), date.fromisoformat(max(imported))
-    elif lake_days:
-        first = last = lake_days[-1]
-    else:
-        raise BatchError("the event lake is empty: import a file or run the streaming job")
-    if first > last:
-        raise BatchError(f"--from {first} is after --to {last}")
-    return first, last
+    """The run's first and last day from the request, the imported days and the lake."""
+    if request.first and request.last:
+        return request.first, request.last
+    if request.as_of:
+        return request.as_of, request.as_of
+    if imported:
+        return date.fromisoformat(min(imported)), date.fromisoformat(max(imported))
+    if lake_days:
+        return lake_days[-1], lake_days[-1]
+    raise BatchError("the event lake is empty: import a file or run the streaming job")
 
 
-def run(settings: Settings, args: argparse.Namespace, spark: Any = None) -> BatchSummary:
+def run(settings: Settings, request: BatchRun, spark: Any = None) -> BatchSummary:
     summary = BatchSummary()
     started = time.monotonic()
-    for path in args.imports:
+    for path in request.imports:
         summary.imports.append(import_file(settings, path))
-    if args.imports:
+    if request.imports:
         summary.seconds["import"] = time.monotonic() - started
     imported = sorted({d for i in summary.imports for d in i.days})
-    first, last = day_range(args, imported, lake.lake_days(settings))
+    first, last = day_range(request, imported, lake_days(settings))
     summary.first_day, summary.last_day = str(first), str(last)
     days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
 
@@ -124,11 +122,24 @@ def run(settings: Settings, args: argparse.Namespace, spark: Any = None) -> Batc
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The spark-submit entry point (EMR step): the same arguments as `propensity batch`."""
-    from propensity.cli import main as cli_main
+def run_and_print(settings: Settings, request: BatchRun, as_json: bool = False) -> None:
+    """Runs the batch and prints its summary (JSON or text): `propensity batch`, the step."""
+    summary = run(settings, request)
+    print(json.dumps(asdict(summary)) if as_json else summary.format())
 
-    return cli_main(["batch", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: list[str] | None = None) -> int:
+    """The spark-submit entry point (the EMR batch step): `propensity batch`'s arguments."""
+    parser = argparse.ArgumentParser(prog="batch/job.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    log_to_stderr()
+    try:
+        run_and_print(Settings(), request_of(args), args.json)
+    except (BatchError, checks.ValidationError) as exc:
+        print(f"batch: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

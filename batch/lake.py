@@ -12,11 +12,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource, DataSourceReader, InputPartition
 
 from propensity import aws, events
+from propensity.lake import list_objects
 from propensity.settings import Settings
 
 FORMAT = "propensity_lake"
@@ -30,29 +30,6 @@ SCHEMA = pa.schema([events.EVENT_SCHEMA.field(name).with_nullable(True) for name
 def _ddl(schema: pa.Schema) -> str:
     names = {pa.string(): "string", pa.int64(): "bigint", pa.float64(): "double"}
     return ", ".join(f"{f.name} {names.get(f.type, 'timestamp')}" for f in schema)
-
-
-def list_objects(settings: Settings, uri: str, until: date | None = None
-                 ) -> list[tuple[str, int]]:
-    """(path, size) of the Parquet objects under `uri`, in `date=D` folders with D <= until."""
-    filesystem = aws.s3_filesystem(settings)
-    root = aws.s3_key(uri)
-    if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
-        return []
-    found = []
-    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
-        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
-            continue
-        day = next((p[5:] for p in info.path.split("/") if p.startswith("date=")), None)
-        if until is None or (day is not None and date.fromisoformat(day) <= until):
-            found.append((info.path, info.size))
-    return sorted(found)
-
-
-def lake_days(settings: Settings) -> list[date]:
-    """The dates that have events in the lake."""
-    return sorted({date.fromisoformat(p.split("date=")[1].split("/")[0])
-                   for p, _ in list_objects(settings, settings.events_uri)})
 
 
 @dataclass

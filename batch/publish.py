@@ -11,13 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import FeatureStore
-from feast.infra.online_stores.redis import RedisOnlineStore
 
-import feature_repo
-from batch.aggregates import DAY, day_number
-from feature_repo import definitions
-from feature_repo.online import write_latest
-from propensity import aws
+from propensity import aws, feature_repo
+from propensity.batch.aggregates import DAY, day_number
+from propensity.feature_repo import definitions, redis_layout
+from propensity.feature_repo.online import write_latest
+from propensity.lake import day_folder
 from propensity.settings import Settings
 
 SNAPSHOT_OBJECT = "snapshot.parquet"
@@ -25,7 +24,7 @@ SNAPSHOT_OBJECT = "snapshot.parquet"
 
 def day_object(settings: Settings, view: str, day: date) -> str:
     """The one object holding a view's rows as of the end of `day` (rewritten by each run)."""
-    return f"{aws.s3_key(definitions.archive_path(settings, view))}/date={day}/{SNAPSHOT_OBJECT}"
+    return day_folder(aws.s3_key(definitions.archive_path(settings, view)), day) + SNAPSHOT_OBJECT
 
 
 def write_offline(settings: Settings, view: str, rows: pa.Table, days: list[date]) -> int:
@@ -45,7 +44,8 @@ def write_online(settings: Settings, store: FeatureStore, view: str, latest: pa.
     """Each entity's latest snapshot into Redis, with the batch TTL."""
     config = feature_repo.repo_config(settings, key_ttl_s=settings.batch_online_ttl_s)
     feature_view = definitions.feature_view(settings, view)
-    written = write_latest(RedisOnlineStore(), config, feature_view, latest)
+    written = write_latest(redis_layout.client(config.online_store), config, feature_view,
+                           latest)
     registered = store.get_feature_view(view)
     end = datetime.combine(last_day + timedelta(days=1), time(), UTC)
     start = registered.most_recent_end_time or datetime(1970, 1, 1)

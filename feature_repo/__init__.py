@@ -1,4 +1,6 @@
 """The Feast feature repository: the one source of truth for entities and feature views.
+Floor 2 of the package (propensity/__init__.py): it imports the core only; the jobs and the
+scorer stand on it.
 
 `definitions.py` declares them (the feast CLI reads it; the code calls `definitions.build`).
 `store(settings)` opens the FeatureStore that feature_store.yaml describes, with its ${...}
@@ -62,7 +64,7 @@ def store(settings: Settings) -> FeatureStore:
 
 def apply(settings: Settings) -> FeatureStore:
     """Register every definition (idempotent) and return the store."""
-    from feature_repo import definitions
+    from propensity.feature_repo import definitions
 
     feature_store = store(settings)
     feature_store.apply(definitions.build(settings))
@@ -70,7 +72,7 @@ def apply(settings: Settings) -> FeatureStore:
 
 
 def redis_client(settings: Settings) -> Any:
-    """The redis-py client Feast itself builds from the online store's connection string."""
-    from feast.infra.online_stores.redis import RedisOnlineStore
+    """A redis-py client of the online store, from its connection string."""
+    from propensity.feature_repo import redis_layout
 
-    return RedisOnlineStore()._get_client(repo_config(settings).online_store)
+    return redis_layout.client(repo_config(settings).online_store)

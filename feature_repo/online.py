@@ -1,8 +1,8 @@
 """Writing feature rows to the online store (Redis) in Feast's format: shared by the streaming
 job (session views) and the daily batch (user and product views).
 
-The bytes are Feast's own: Redis keys and hash fields from `RedisOnlineStore`'s key and field
-functions, values as Feast's type map converts them, timestamps as protobuf Timestamps. What
+The bytes are Feast's: Redis keys and hash fields in its published layout (redis_layout.py),
+values as Feast's type map converts them, timestamps as protobuf Timestamps. What
 is ours is the loop around them: each distinct value of a column is converted and serialized
 once, and a chunk's rows go out in two pipelined round trips (the stored timestamps, then the
 newer rows), as in Feast's `online_write_batch`, which spends most of its time per row and per
@@ -12,7 +12,6 @@ checks, on a real redis-server, that Redis holds byte for byte what Feast's writ
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
@@ -20,12 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from feast import FeatureView, ValueType
-from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.type_map import python_values_to_proto_values
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from feature_repo import definitions
 from propensity import features as F
+from propensity.feature_repo import definitions, redis_layout
 
 
 def _distinct_serialized(values: np.ndarray, value_type: ValueType) -> list[bytes]:
@@ -52,32 +50,35 @@ def latest_per_entity(table: pa.Table, keys: list[str]) -> pa.Table:
     return table.take(pa.array(np.sort(latest["_row"].to_numpy())))
 
 
-def write_latest(store: RedisOnlineStore, repo_config: Any, view: FeatureView, table: pa.Table,
+def write_latest(client: Any, repo_config: Any, view: FeatureView, table: pa.Table,
                  chunk_rows: int = 50_000) -> int:
     """Write the latest row per entity of `table` (join keys, features, event_timestamp, any
-    other columns ignored) to Redis, through `store`'s client (it keeps its connection between
-    calls). As Feast does, an entity whose stored row is as new or newer is left alone, so
-    this is idempotent. Returns the rows written or found newer."""
+    other columns ignored) to Redis through `client` (redis_layout.client; keep one per
+    process, it holds the connection). As Feast does, an entity whose stored row is as new or
+    newer is left alone, so this is idempotent. Returns the rows written or found newer."""
     join_keys = definitions.join_keys(view)
     latest = latest_per_entity(table, list(join_keys))
-    client = store._get_client(repo_config.online_store)
     for start in range(0, latest.num_rows, chunk_rows):
-        _write_rows(client, store, repo_config, view, join_keys, latest.slice(start, chunk_rows))
+        _write_rows(client, repo_config, view, join_keys, latest.slice(start, chunk_rows))
     return latest.num_rows
 
 
-def _write_rows(client: Any, store: RedisOnlineStore, repo_config: Any, view: FeatureView,
+def _write_rows(client: Any, repo_config: Any, view: FeatureView,
                 join_keys: dict[str, ValueType], table: pa.Table) -> None:
     """One chunk of rows, one per entity: read the stored timestamps, then write the rows that
     are newer (HSET of every feature and the timestamp; EXPIRE when the store has a TTL)."""
     batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
     if batch is None:
         return
-    _, fields = store._generate_hset_keys_for_features(view)
-    feature_fields, timestamp_field = fields[:-1], fields[-1]  # Feast puts "_ts:<view>" last
+    _, fields = redis_layout.view_fields(view)
+    feature_fields, timestamp_field = fields[:-1], fields[-1]
     values = [_distinct_serialized(batch.column(f.name).to_numpy(zero_copy_only=False),
                                    f.dtype.to_value_type()) for f in view.features]
-    keys = redis_keys(batch, join_keys, repo_config)
+    if repo_config.entity_key_serialization_version != redis_layout.SERIALIZATION_VERSION:
+        raise ValueError("entity keys are written in Feast's serialization version "
+                         f"{redis_layout.SERIALIZATION_VERSION}, not "
+                         f"{repo_config.entity_key_serialization_version}")
+    keys = redis_layout.entity_keys(batch, join_keys, repo_config.project)
     micros = pc.cast(batch.column(view.batch_source.timestamp_field),
                      pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     with client.pipeline(transaction=False) as pipe:
@@ -98,35 +99,6 @@ def _write_rows(client: Any, store: RedisOnlineStore, repo_config: Any, view: Fe
             if ttl:
                 pipe.expire(name=key, time=ttl)
         pipe.execute()
-
-
-def redis_keys(batch: pa.RecordBatch, join_keys: dict[str, ValueType], repo_config: Any
-               ) -> list[bytes]:
-    """Feast's Redis key of each row's entity: its entity key serialized as Feast's version 3
-    (the key count, the join key names sorted, then each value's type, length and bytes;
-    little-endian) followed by the project. Built from columns, not from an EntityKeyProto per
-    row; for the join key types the project has (strings and 64-bit integers)."""
-    if repo_config.entity_key_serialization_version != 3:
-        raise ValueError("entity keys are written in Feast's serialization version 3, not "
-                         f"{repo_config.entity_key_serialization_version}")
-    names = sorted(join_keys)
-    prefix = struct.pack("<I", len(names)) + b"".join(
-        struct.pack("<II", ValueType.STRING.value, len(n.encode())) + n.encode() for n in names)
-    columns = []
-    for name in names:
-        values = batch.column(name).to_pylist()
-        if None in values:
-            raise ValueError(f"{name}: an entity key is null")
-        if join_keys[name] == ValueType.STRING:
-            encoded = [v.encode() for v in values]
-        elif join_keys[name] == ValueType.INT64:
-            encoded = [struct.pack("<q", v) for v in values]
-        else:
-            raise ValueError(f"{name}: no Redis key encoding for {join_keys[name]} entities")
-        tag = struct.pack("<I", join_keys[name].value)
-        columns.append([tag + struct.pack("<I", len(e)) + e for e in encoded])
-    project = repo_config.project.encode()
-    return [prefix + b"".join(parts) + project for parts in zip(*columns, strict=True)]
 
 
 def _nanos(stored: bytes | None) -> int | None:

@@ -8,36 +8,20 @@ through `historical_features`:
 Retrieving each view for the distinct (join keys, timestamp) pairs and merging the result
 back onto every row keeps them all, with nulls where a view has nothing as of that time.
 Also, with more than one partition dask cannot sort a joined frame that holds a null
-timestamp (an entity without any row), so each source is read as one partition.
+timestamp (an entity without any row), so each source is read as one partition (the one touch
+of Feast's internals, in feast_internals.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pandas as pd
 from feast import FeatureStore
-from feast.infra.offline_stores import dask as feast_dask
 
-from feature_repo import aws_environment
-from feature_repo.definitions import join_keys
 from propensity import features as F
+from propensity.feature_repo import aws_environment
+from propensity.feature_repo.definitions import join_keys
+from propensity.feature_repo.feast_internals import one_partition_sources
 from propensity.settings import Settings
-
-
-@contextmanager
-def _one_partition_sources() -> Iterator[None]:
-    original = feast_dask._read_datasource
-
-    def read(source, repo_path):
-        return original(source, repo_path).repartition(npartitions=1)
-
-    feast_dask._read_datasource = read
-    try:
-        yield
-    finally:
-        feast_dask._read_datasource = original
 
 
 def historical_features(store: FeatureStore, settings: Settings, points: pd.DataFrame,
@@ -50,7 +34,7 @@ def historical_features(store: FeatureStore, settings: Settings, points: pd.Data
     if views is None:
         service = store.get_feature_service(F.MODEL_SERVICE)
         views = [projection.name for projection in service.feature_view_projections]
-    with _one_partition_sources(), aws_environment(settings):
+    with one_partition_sources(), aws_environment(settings):
         for name in views:
             view = store.get_feature_view(name)
             keys = [*join_keys(view), F.EVENT_TIMESTAMP]

@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from monitoring.outcomes import LABEL, day_dataset, labelled_batches
 from propensity import experiment
 from propensity.experiment import Comparison, Conversions
+from propensity.lake import day_dataset
+from propensity.monitoring.outcomes import LABEL, labelled_batches
 from propensity.predictions import TIMESTAMP
 from propensity.rollout import CHALLENGER, CHAMPION, SESSION_KEY, USER_KEY
 from propensity.settings import Settings

@@ -28,10 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from monitoring import report
-from monitoring.outcomes import LABEL, labelled_batches
 from propensity import aws, drift, model_store, quality
-from propensity.predictions import day_folder
+from propensity.lake import day_folder
+from propensity.monitoring import report
+from propensity.monitoring.outcomes import LABEL, labelled_batches
+from propensity.monitoring.report import DayReport
 from propensity.settings import Settings
 
 # The design's alarm: live ROC AUC below this share of the version's validation AUC.
@@ -64,13 +65,6 @@ class Tally:
 
     scores: quality.ScoreCounts
     inputs: drift.Histograms | None
-
-
-@dataclass
-class DayReport:
-    day: date
-    quality: list[dict[str, Any]]  # a row per (model version, variant)
-    drift: list[dict[str, Any]]  # a row per (model version, variant, feature or score)
 
 
 def tally_day(settings: Settings, day: date, profile_of: Callable[[str], dict | None]

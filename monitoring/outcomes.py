@@ -16,30 +16,14 @@ from datetime import date, timedelta
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pyarrow import fs as pafs
 
-from propensity import aws
-from propensity.predictions import TIMESTAMP, day_folder
+from propensity.lake import day_dataset
+from propensity.predictions import TIMESTAMP
 from propensity.settings import Settings
 
 LABEL = "purchased_after"
 _LAST_PURCHASE = "last_purchase_at"
 BATCH_ROWS = 200_000
-
-
-def day_dataset(settings: Settings, uri: str, days: Sequence[date]) -> ds.Dataset | None:
-    """The Parquet objects of the `date=D` folders of `days` under `uri`; None when none has
-    any."""
-    filesystem = aws.s3_filesystem(settings)
-    found = []
-    for day in days:
-        folder = day_folder(aws.s3_key(uri), day).rstrip("/")
-        if filesystem.get_file_info(folder).type == pafs.FileType.NotFound:
-            continue
-        found += sorted(info.path for info in filesystem.get_file_info(
-            pafs.FileSelector(folder, recursive=True))
-            if info.type == pafs.FileType.File and info.path.endswith(".parquet"))
-    return ds.dataset(found, filesystem=filesystem, format="parquet") if found else None
 
 
 def last_purchases(settings: Settings, first: date, last: date) -> pa.Table:

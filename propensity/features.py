@@ -127,6 +127,13 @@ REQUEST_TIME_FEATURES: tuple[Feature, ...] = (DAYS_SINCE_LAST_PURCHASE,
 
 SESSION_FEATURE_NAMES = tuple(f.name for f in SESSION_FEATURES)
 SESSION_PRODUCT_FEATURE_NAMES = tuple(f.name for f in SESSION_PRODUCT_FEATURES)
+# The session views' rows in the offline archive (one per event), as the streaming job writes
+# them and training's own archive of a file's sessions repeats them.
+SESSION_COLUMNS = (SESSION_ID, USER_ID, "event_id", "event_time", EVENT_TIMESTAMP,
+                   *SESSION_FEATURE_NAMES)
+SESSION_PRODUCT_COLUMNS = (SESSION_ID, PRODUCT_ID, "event_id", EVENT_TIMESTAMP,
+                           *SESSION_PRODUCT_FEATURE_NAMES)
+ARCHIVE_COLUMNS = {SESSION_VIEW: SESSION_COLUMNS, SESSION_PRODUCT_VIEW: SESSION_PRODUCT_COLUMNS}
 
 # The fields of an event the fold reads, in the order of `EventTuple`.
 EVENT_FIELDS = ("event_time", "event_type", "product_id", "price", "user_id", "device_type",

@@ -1,8 +1,8 @@
 """The prediction log's format, shared by the scorer that writes it (serving/prediction_log.py)
 and the monitor that reads it (monitoring/).
 
-Objects: `<PROPENSITY_PREDICTIONS_URI>/date=YYYY-MM-DD/<instance>-<seq>.parquet`, dated by the
-moment answered (UTC). A row is one model's score of one request: the answer (variant
+Objects: `<PROPENSITY_PREDICTIONS_URI>/date=YYYY-MM-DD/<instance>-<seq>.parquet` (lake.py),
+dated by the moment answered (UTC). A row is one model's score of one request: the answer (variant
 `champion` or `challenger`), or a shadow model's score beside it (variant `shadow`, the
 answer's request id); `features` is the row the model scored, in that model version's column
 order (model.json in the model store).
@@ -10,11 +10,8 @@ order (model.json in the model store).
 
 from __future__ import annotations
 
-from datetime import date
-
 import pyarrow as pa
 
-DATE_PARTITION = "date"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 LOG_SCHEMA = pa.schema([
     ("request_id", pa.string()),
@@ -29,9 +26,3 @@ LOG_SCHEMA = pa.schema([
     ("degraded", pa.bool_()),
     ("features", pa.list_(pa.float64())),
 ])
-
-
-def day_folder(prefix: str, day: date) -> str:
-    """The key prefix (or path) of a day's objects under `prefix`."""
-    folder = f"{prefix.rstrip('/')}/" if prefix else ""
-    return f"{folder}{DATE_PARTITION}={day.isoformat()}/"

@@ -1,7 +1,9 @@
 """The scorer: an async FastAPI service that the shop's backend calls during a session; it
 reads the session's, user's and product's online features from Redis (Feast's format) and
-returns a calibrated purchase propensity.
+returns a calibrated purchase propensity. On floor 3 of the package (propensity/__init__.py):
+it imports the core and Feast's definitions only, and its image carries nothing else.
 
+- server.py      the process: uvicorn, `python -m propensity.serving` (__main__.py)
 - app.py         the ASGI app: endpoints, request timer, load shedding, API key, body limit,
                  model hot swap, degraded answers past the read deadline
 - limit.py       the load shedder's concurrency limit, which follows measured latency

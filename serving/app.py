@@ -40,11 +40,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from propensity import aws, model_store, rollout
 from propensity.model import PropensityModel
 from propensity.rollout import CHALLENGER, CHAMPION, SHADOW, Challenger
+from propensity.serving import LATENCY_BUDGET_MS, scoring
+from propensity.serving.limit import AdaptiveLimit, LimitChange
+from propensity.serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
+from propensity.serving.prediction_log import LogMetrics, Prediction, PredictionLog, new_request_id
 from propensity.settings import Settings
-from serving import LATENCY_BUDGET_MS, scoring
-from serving.limit import AdaptiveLimit, LimitChange
-from serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
-from serving.prediction_log import LogMetrics, Prediction, PredictionLog, new_request_id
 
 log = logging.getLogger("propensity.serving")
 
@@ -519,7 +519,7 @@ def prediction_log(settings: Settings, metrics: LogMetrics) -> PredictionLog:
 
 
 def app_from_environment() -> Any:
-    """uvicorn's factory (`serving.app:app_from_environment`, with --factory)."""
+    """uvicorn's factory (`propensity.serving.app:app_from_environment`, with --factory)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(Settings())

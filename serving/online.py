@@ -1,9 +1,9 @@
 """Online features for scoring, read from Feast's Redis online store.
 
 `RedisFeatures` (the default): every feature view a request needs, for every session of a
-batch, in one pipelined Redis round trip (serving/redis_wire.py); keys, hash fields and value
-decoding are Feast's own (`RedisOnlineStore`'s key and field functions, `ValueProto`, Feast's
-type map), never re-typed.
+batch, in one pipelined Redis round trip (serving/redis_wire.py); keys and hash fields in
+Feast's published layout (feature_repo/redis_layout.py), values decoded by Feast's own
+`ValueProto` and type map.
 `FeastFeatures` (PROPENSITY_SERVING_FEAST_ASYNC=true): Feast's `get_online_features_async`,
 one call per view group; slower, and the reference the fast path is tested against.
 """
@@ -16,21 +16,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feast import FeatureView, ValueType
-from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.online_response import TIMESTAMP_POSTFIX
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.type_map import (
-    PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE,
-    feast_value_type_to_python_type,
-)
+from feast.type_map import feast_value_type_to_python_type
 from google.protobuf.timestamp_pb2 import Timestamp
 
-import feature_repo
-from feature_repo import definitions
+from propensity import feature_repo
 from propensity import features as F
+from propensity.feature_repo import definitions, redis_layout
+from propensity.serving.redis_wire import RedisWire, pack_args
 from propensity.settings import Settings
-from serving.redis_wire import RedisWire, pack_args
 
 VIEWS = (F.SESSION_VIEW, F.SESSION_PRODUCT_VIEW, F.USER_VIEW, F.PRODUCT_VIEW)
 SESSION_VIEWS = (F.SESSION_VIEW, F.SESSION_PRODUCT_VIEW)
@@ -65,13 +60,6 @@ ALL_FEATURES = tuple(f.name for f in (*F.SESSION_FEATURES, *F.SESSION_PRODUCT_FE
 
 def empty() -> Found:
     return Found(dict.fromkeys(ALL_FEATURES), {})
-
-
-def _proto_value(value: Any, value_type: ValueType) -> ValueProto:
-    """One entity value as Feast's ValueProto, by Feast's own scalar conversion table (the
-    list-based `python_values_to_proto_values` costs 20 us a value)."""
-    field_name, convert, _ = PYTHON_SCALAR_VALUE_TYPE_TO_PROTO_VALUE[value_type]
-    return ValueProto(**{field_name: convert(value)})
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -109,18 +97,21 @@ class RedisFeatures:
 
     def __init__(self, settings: Settings) -> None:
         self.config = feature_repo.repo_config(settings)
-        self.store = RedisOnlineStore()
+        if self.config.entity_key_serialization_version != redis_layout.SERIALIZATION_VERSION:
+            raise ValueError("the scorer reads entity keys of Feast's serialization version "
+                             f"{redis_layout.SERIALIZATION_VERSION}")
         self.plans = []
         for name in VIEWS:
             view = definitions.feature_view(settings, name)
-            names, fields = self.store._generate_hset_keys_for_features(view)
+            names, fields = redis_layout.view_fields(view)
             self.plans.append(_ViewPlan(view, definitions.join_keys(view), names, fields))
         self.plans_by_view = {plan.view.name: plan for plan in self.plans}
         self._client: Any = None
 
     def client(self) -> RedisWire:
         if self._client is None:
-            self._client = RedisWire.from_feast(self.config.online_store)
+            self._client = RedisWire.from_connection(redis_layout.parse_connection_string(
+                self.config.online_store.connection_string))
         return self._client
 
     def _key(self, plan: _ViewPlan, values: dict[str, Any]) -> bytes | None:
@@ -133,10 +124,8 @@ class RedisFeatures:
     def _redis_key(self, view_name: str, key_values: tuple) -> bytes:
         """Feast's Redis key of an entity (cached: a session asks again and again)."""
         join_keys = self.plans_by_view[view_name].join_keys
-        proto = EntityKeyProto(join_keys=list(join_keys), entity_values=[
-            _proto_value(value, value_type)
-            for value, value_type in zip(key_values, join_keys.values(), strict=True)])
-        return self.store._generate_redis_keys_for_entities(self.config, [proto])[0]
+        return redis_layout.entity_key(join_keys, dict(zip(join_keys, key_values, strict=True)),
+                                       self.config.project)
 
     async def read(self, requests: list[Entities]) -> list[Found]:
         """Every view's features for each request, in one round trip."""

@@ -33,7 +33,8 @@ import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from propensity import aws
-from propensity.predictions import LOG_SCHEMA, TIMESTAMP, day_folder
+from propensity.lake import day_folder
+from propensity.predictions import LOG_SCHEMA, TIMESTAMP
 
 log = logging.getLogger("propensity.serving.prediction_log")
 

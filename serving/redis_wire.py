@@ -19,6 +19,8 @@ from typing import Any
 
 import hiredis
 
+from propensity.feature_repo.redis_layout import Connection
+
 
 def pack(args: list[bytes | str]) -> bytes:
     """One command in the Redis protocol (RESP)."""
@@ -53,14 +55,10 @@ class RedisWire:
         self._reader_task: asyncio.Task | None = None
 
     @classmethod
-    def from_feast(cls, online_store_config: Any) -> RedisWire:
-        """From Feast's Redis online store config (its connection string, parsed by Feast)."""
-        from feast.infra.online_stores.redis import RedisOnlineStore
-
-        nodes, kwargs = RedisOnlineStore._parse_connection_string(
-            online_store_config.connection_string)
-        return cls(nodes[0]["host"], int(nodes[0]["port"]), kwargs.get("password"),
-                   int(kwargs.get("db", 0)), str(kwargs.get("ssl", "")).lower() == "true")
+    def from_connection(cls, connection: Connection) -> RedisWire:
+        """From the online store's parsed connection string (feature_repo/redis_layout.py)."""
+        return cls(connection.host, connection.port, connection.password, connection.db,
+                   connection.ssl)
 
     async def _connect(self) -> None:
         reader, writer = await asyncio.wait_for(

@@ -12,6 +12,7 @@ locally and as a continuous EMR step (spark-submit, settings from the environmen
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -22,34 +23,29 @@ from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-import feature_repo
-from propensity import aws
+from propensity import aws, feature_repo
+from propensity.commandline import log_to_stderr
 from propensity.kinesis import list_shards
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from streaming.checkpoint import (
+from propensity.streaming.checkpoint import (
     Checkpoint,
+    CheckpointRefused,
     Layout,
     complete_layout,
     requested_layout,
     resolve_layout,
 )
-from streaming.kinesis_source import FORMAT, KinesisDataSource, SourceOptions
-from streaming.metrics import CloudWatchMetrics, batch_metrics
-from streaming.parse import PARSED_SCHEMA, parse_batches
-from streaming.sessionize import SessionizeConfig, sessionize
-from streaming.sinks import BatchReport, MicroBatchSink
+from propensity.streaming.kinesis_options import FORMAT, CheckpointStreamMismatch, SourceOptions
+from propensity.streaming.kinesis_source import KinesisDataSource
+from propensity.streaming.metrics import CloudWatchMetrics, batch_metrics
+from propensity.streaming.options import StreamOptions, add_arguments, options_of
+from propensity.streaming.parse import PARSED_SCHEMA, parse_batches
+from propensity.streaming.sessionize import SessionizeConfig, sessionize
+from propensity.streaming.sinks import BatchReport, MicroBatchSink
 
 log = logging.getLogger("propensity.stream")
 QUERY_NAME = "propensity-sessionize"
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    trigger_s: float = 2.0
-    until_idle: bool = False
-    starting_position: str = "TRIM_HORIZON"
-    max_records_per_batch: int = 0
 
 
 def build_query(spark: SparkSession, settings: Settings, options: StreamOptions,
@@ -174,12 +170,35 @@ def run(settings: Settings, options: StreamOptions, spark: SparkSession | None =
         spark.streams.removeListener(listener)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The spark-submit entry point (the EMR streaming step): the same arguments as
-    `propensity stream`."""
-    from propensity.cli import main as cli_main
+def run_or_explain(settings: Settings, options: StreamOptions) -> int:
+    """Runs the job; a checkpoint it must not use is one line on stderr and exit code 2."""
+    from pyspark.errors import StreamingQueryException
 
-    return cli_main(["stream", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        run(settings, options)
+    except CheckpointRefused as exc:
+        print(f"propensity: error: {exc}", file=sys.stderr)
+        return 2
+    except StreamingQueryException as exc:
+        # Spark wraps the source's error in its own (with the plan): the gist on one line.
+        mismatch = CheckpointStreamMismatch.message_in(exc)
+        if mismatch is None:
+            raise
+        print(f"propensity: error: checkpoint {settings.checkpoint_dir}: {mismatch}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The spark-submit entry point (the EMR streaming step): `propensity stream`'s
+    arguments."""
+    parser = argparse.ArgumentParser(prog="streaming/job.py",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    log_to_stderr(verbose=args.verbose)
+    return run_or_explain(Settings(), options_of(args))
 
 
 if __name__ == "__main__":

@@ -57,120 +57,36 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.types import StructType
 
-from propensity import aws, events, kpl
-from propensity.kinesis import THROTTLING_CODES, list_shards
-from propensity.settings import Settings
-from streaming.checkpoint import Checkpoint
-
-FORMAT = "kinesis"
-RAW_SCHEMA = pa.schema([
-    ("shard_id", pa.string()),
-    ("sequence_number", pa.string()),
-    ("sub_sequence", pa.int32()),
-    ("arrival_time", pa.timestamp("us", tz="UTC")),
-    (events.PAYLOAD, pa.binary()),
-    (events.REASON, pa.string()),  # why the record is not events (a broken aggregate), or null
-    (events.DETAIL, pa.string()),
-])
-_GET_RECORDS_LIMIT = 10_000
-_EXPIRED = "ExpiredIteratorException"
-READS_FOLDER = "kinesis-reads"  # in the checkpoint: where each task records where it ended
-_PROBE_CALLS = 5  # GetRecords may answer empty before the records behind a gap
-# What a task records beside its end position, for the driver's next planning only:
-# "iterator" (a shard iterator pointing at the end) and "behind" (records follow the end).
-_HINTS = ("iterator", "behind")
-
-# {"after": sequence} | {"start": "TRIM_HORIZON"} | {"start": "AT_TIMESTAMP", "ts": epoch s},
-# plus "done": True once a closed shard has been read to its end; or a pending read
-# {"read": id, "from": one of those, "limit": records (0: no limit), "cutoff": epoch s | None}.
-Position = dict[str, Any]
-# Offsets: {"shards": {shard id: Position}, "new_shards": Position, "stream": StreamIdentity}.
-# {"arn": StreamARN, "created": StreamCreationTimestamp in epoch s (millisecond precision)}
-StreamIdentity = dict[str, Any]
-
-
-class CheckpointStreamMismatch(RuntimeError):
-    """The checkpoint's offsets were written for another stream than the one the job reads."""
-
-    def __init__(self, recorded: StreamIdentity, current: StreamIdentity) -> None:
-        super().__init__(
-            f"this checkpoint was written for stream {_describe(recorded)}, but the job reads "
-            f"{_describe(current)}: start with a new checkpoint directory "
-            f"(PROPENSITY_CHECKPOINT_DIR) or point the job at the original stream")
-        self.recorded = recorded
-        self.current = current
-
-    @classmethod
-    def message_in(cls, error: BaseException) -> str | None:
-        """The message of a mismatch inside the error Spark raises for it (a
-        StreamingQueryException holding the Python traceback as text), or None."""
-        text = str(error)
-        marker = f"{cls.__name__}: "
-        at = text.rfind(marker)
-        return None if at < 0 else text[at + len(marker):].splitlines()[0].strip()
-
-
-def _describe(identity: StreamIdentity) -> str:
-    created = datetime.fromtimestamp(identity["created"], UTC).isoformat(timespec="milliseconds")
-    return f"{identity['arn']} created {created}"
-
-
-def _same_stream(a: StreamIdentity, b: StreamIdentity) -> bool:
-    return a["arn"] == b["arn"] and abs(float(a["created"]) - float(b["created"])) < 0.0005
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    stream: str
-    region: str
-    endpoint_url: str = ""
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    starting_position: str = "TRIM_HORIZON"  # or LATEST
-    max_records_per_batch: int = 0  # 0: all that is available
-    until_idle: bool = False  # records arriving after the query started wait for a later run
-    reads_dir: str = ""  # where tasks record their reads: the job's checkpoint directory
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> SourceOptions:
-        env = settings.to_env()
-        return cls(
-            stream=settings.kinesis_stream, region=settings.aws_region,
-            endpoint_url=env.get("AWS_ENDPOINT_URL", ""),
-            access_key_id=env.get("AWS_ACCESS_KEY_ID", ""),
-            secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", ""),
-            **{"reads_dir": settings.checkpoint_dir, **overrides})
-
-    def as_options(self) -> dict[str, str]:
-        return {k: str(v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_options(cls, options: Any) -> SourceOptions:
-        names = {f: options[f] for f in cls.__dataclass_fields__ if f in options}
-        if "max_records_per_batch" in names:
-            names["max_records_per_batch"] = int(names["max_records_per_batch"])
-        if "until_idle" in names:
-            names["until_idle"] = names["until_idle"] == "True"
-        return cls(**names)
-
-    def settings(self) -> Settings:
-        values = {"AWS_DEFAULT_REGION": self.region, "PROPENSITY_KINESIS_STREAM": self.stream}
-        if self.endpoint_url:
-            values["AWS_ENDPOINT_URL"] = self.endpoint_url
-        if self.access_key_id:
-            values["AWS_ACCESS_KEY_ID"] = self.access_key_id
-            values["AWS_SECRET_ACCESS_KEY"] = self.secret_access_key
-        return Settings(**values)
+from propensity.kinesis import list_shards
+from propensity.streaming.checkpoint import Checkpoint
+from propensity.streaming.kinesis_options import (
+    FORMAT,
+    GET_RECORDS_LIMIT,
+    HINTS,
+    PROBE_CALLS,
+    RAW_SCHEMA,
+    READS_FOLDER,
+    CheckpointStreamMismatch,
+    Position,
+    SourceOptions,
+    StreamIdentity,
+    same_stream,
+)
+from propensity.streaming.kinesis_shards import (
+    ShardCursor,
+    kinesis_client,
+    read_name,
+    to_batch,
+    with_retries,
+)
 
 
 class KinesisDataSource(DataSource):
@@ -210,7 +126,7 @@ class KinesisStreamReader(DataSourceStreamReader):
         self._planned: dict | None = None  # the latest offset Spark was given or told of
         self._closed: set[str] = set()  # closed shards, as the last listing showed
         self._reads_planned: list[tuple[str, list[str]]] = []  # (read id, its shards), in order
-        # Per shard, the hints (_HINTS) known for a position: {"position": ..., hint: value}.
+        # Per shard, the hints (HINTS) known for a position: {"position": ..., hint: value}.
         self._hints: dict[str, dict] = {}
         # The latest planned read's id, and the iterators at its shards' starts.
         self._read_iterators: tuple[str | None, dict[str, str]] = (None, {})
@@ -224,7 +140,7 @@ class KinesisStreamReader(DataSourceStreamReader):
     @property
     def kinesis(self) -> Any:
         if self._client is None:
-            self._client = _kinesis_client(self.options)
+            self._client = kinesis_client(self.options)
         return self._client
 
     @property
@@ -260,7 +176,7 @@ class KinesisStreamReader(DataSourceStreamReader):
     def _stream_identity(self) -> StreamIdentity:
         """The stream's ARN and creation time, asked of Kinesis once per reader."""
         if self._identity is None:
-            summary = _with_retries(lambda: self.kinesis.describe_stream_summary(
+            summary = with_retries(lambda: self.kinesis.describe_stream_summary(
                 StreamName=self.options.stream))["StreamDescriptionSummary"]
             self._identity = {"arn": summary["StreamARN"], "created": round(
                 summary["StreamCreationTimestamp"].timestamp(), 3)}
@@ -271,7 +187,7 @@ class KinesisStreamReader(DataSourceStreamReader):
         before identities were recorded are taken as they are)."""
         current = self._stream_identity()
         recorded = offset.get("stream")
-        if recorded is not None and not _same_stream(recorded, current):
+        if recorded is not None and not same_stream(recorded, current):
             raise CheckpointStreamMismatch(recorded, current)
         return current
 
@@ -320,14 +236,14 @@ class KinesisStreamReader(DataSourceStreamReader):
         """A pending read's end, as its task recorded it; other positions as they are."""
         if "read" not in position:
             return position
-        recorded = self.reads.read(_read_name(position["read"], shard_id))
+        recorded = self.reads.read(read_name(position["read"], shard_id))
         if recorded is None:
             raise RuntimeError(
                 f"{shard_id}: the task of read {position['read']} recorded no end in "
                 f"{self.options.reads_dir}/{READS_FOLDER}; was the checkpoint's folder changed?")
         end = json.loads(recorded)
-        resolved = {k: v for k, v in end.items() if k not in _HINTS}
-        hints = {k: end[k] for k in _HINTS if k in end}
+        resolved = {k: v for k, v in end.items() if k not in HINTS}
+        hints = {k: end[k] for k in HINTS if k in end}
         if hints:
             self._hints[shard_id] = {"position": resolved, **hints}
         return resolved
@@ -364,18 +280,18 @@ class KinesisStreamReader(DataSourceStreamReader):
             hints = {}
         if hints.get("behind"):
             return True, hints.get("iterator")
-        cursor = _ShardCursor(self.kinesis, self.options.stream, shard_id, position,
+        cursor = ShardCursor(self.kinesis, self.options.stream, shard_id, position,
                               hints.get("iterator"))
         found = self._probe(cursor)
         if found is False and cursor.iterator is not None:  # still at `position`
             self._hints[shard_id] = {"position": position, "iterator": cursor.iterator}
         return found, cursor.used_iterator if found else None
 
-    def _probe(self, cursor: _ShardCursor) -> bool | None:
+    def _probe(self, cursor: ShardCursor) -> bool | None:
         """Whether the shard has a record after the cursor's position (that arrived before the
         cutoff, until idle): True; False when not yet; None when the shard has ended (closed,
         read to its end). Reads at most one record."""
-        for _ in range(_PROBE_CALLS):
+        for _ in range(PROBE_CALLS):
             records = cursor.fetch(1)
             if records:
                 arrival = records[0]["ApproximateArrivalTimestamp"].timestamp()
@@ -421,7 +337,7 @@ class KinesisStreamReader(DataSourceStreamReader):
         while self._reads_planned and self._reads_planned[0][0] not in kept:
             read_id, shard_ids = self._reads_planned.pop(0)
             for shard_id in shard_ids:
-                self.reads.delete(_read_name(read_id, shard_id))
+                self.reads.delete(read_name(read_id, shard_id))
 
     # -- reading (tasks) ------------------------------------------------------------------
 
@@ -430,16 +346,16 @@ class KinesisStreamReader(DataSourceStreamReader):
             records = self._read_range(partition, partition.end_sequence)
         else:
             records = self._pending_read(partition)
-        yield _to_batch(partition.shard_id, records)
+        yield to_batch(partition.shard_id, records)
 
-    def _cursor(self, partition: ShardRange) -> _ShardCursor:
-        return _ShardCursor(self.kinesis, self.options.stream, partition.shard_id,
+    def _cursor(self, partition: ShardRange) -> ShardCursor:
+        return ShardCursor(self.kinesis, self.options.stream, partition.shard_id,
                             partition.start, partition.iterator)
 
     def _pending_read(self, partition: ShardRange) -> list[tuple[str, float, bytes]]:
         """The records of a pending read: the range recorded by an earlier attempt, or read
         now up to the tail (its limit, its cutoff) and recorded before any row is handed on."""
-        name = _read_name(partition.read["read"], partition.shard_id)
+        name = read_name(partition.read["read"], partition.shard_id)
         recorded = self.reads.read(name)
         if recorded is not None:
             end = json.loads(recorded)
@@ -453,14 +369,14 @@ class KinesisStreamReader(DataSourceStreamReader):
     def _read_new(self, partition: ShardRange) -> tuple[list[tuple[str, float, bytes]],
                                                         Position]:
         """Read a shard from the partition's start to its tail (or the read's limit, or its
-        cutoff); returns the records and the end position, with its hints (_HINTS)."""
+        cutoff); returns the records and the end position, with its hints (HINTS)."""
         limit = int(partition.read["limit"]) or None
         cutoff = partition.read["cutoff"]
         cursor = self._cursor(partition)
         records: list[tuple[str, float, bytes]] = []
         past_cutoff = False
         while limit is None or len(records) < limit:
-            count = _GET_RECORDS_LIMIT if limit is None else min(_GET_RECORDS_LIMIT,
+            count = GET_RECORDS_LIMIT if limit is None else min(GET_RECORDS_LIMIT,
                                                                  limit - len(records))
             fetched = cursor.fetch(count)
             kept = fetched if cutoff is None else [
@@ -489,7 +405,7 @@ class KinesisStreamReader(DataSourceStreamReader):
         cursor = self._cursor(partition)
         records: list[tuple[str, float, bytes]] = []
         while True:
-            fetched = cursor.fetch(_GET_RECORDS_LIMIT)
+            fetched = cursor.fetch(GET_RECORDS_LIMIT)
             for record in fetched:
                 sequence = record["SequenceNumber"]
                 if int(sequence) > end:
@@ -503,121 +419,3 @@ class KinesisStreamReader(DataSourceStreamReader):
                 raise RuntimeError(
                     f"{partition.shard_id}: records up to {end_sequence} are no longer "
                     f"readable (retention expired?); reached {reached}")
-
-
-class _ShardCursor:
-    """One shard read onward from a position, one GetRecords call at a time. The iterator is
-    the one given, then each answer's next one; asked for (GetShardIterator, from the last
-    record read) only when there is none yet or it has expired."""
-
-    def __init__(self, kinesis: Any, stream: str, shard_id: str, position: Position,
-                 iterator: str | None = None) -> None:
-        self.kinesis, self.stream, self.shard_id = kinesis, stream, shard_id
-        self.position = position  # after the last record fetched
-        self.iterator = iterator  # at `position`; None: to be asked for
-        self.used_iterator: str | None = None  # the iterator the last call read with
-        self.ended = False  # a closed shard, read to its end
-        self.caught_up = False  # the last answer came from the tip of the shard
-
-    def fetch(self, limit: int) -> list[dict]:
-        """The next records (at most `limit`)."""
-        while True:
-            if self.iterator is None:
-                self.iterator = _shard_iterator(self.kinesis, self.stream, self.shard_id,
-                                                self.position)
-            response = _get_records(self.kinesis, self.iterator, limit)
-            if response is not None:
-                break
-            self.iterator = None  # expired: ask for another from the last record read
-        records = response["Records"]
-        if records:
-            self.position = {"after": records[-1]["SequenceNumber"]}
-        self.used_iterator = self.iterator
-        self.iterator = response.get("NextShardIterator")
-        self.ended = self.iterator is None
-        self.caught_up = response.get("MillisBehindLatest", 0) == 0
-        return records
-
-
-_CLIENTS: dict[tuple, Any] = {}
-
-
-def _kinesis_client(options: SourceOptions) -> Any:
-    """One Kinesis client per process and endpoint: each task gets a new reader (unpickled
-    from the options), and making a boto3 client costs tens of milliseconds of CPU."""
-    key = (options.region, options.endpoint_url, options.access_key_id)
-    if key not in _CLIENTS:
-        _CLIENTS[key] = aws.client("kinesis", options.settings())
-    return _CLIENTS[key]
-
-
-def _read_name(read_id: str, shard_id: str) -> str:
-    return f"{read_id}-{shard_id}.json"
-
-
-def _shard_iterator(kinesis: Any, stream: str, shard_id: str, position: Position) -> str:
-    if "after" in position:
-        kwargs = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
-                  "StartingSequenceNumber": position["after"]}
-    elif position["start"] == "AT_TIMESTAMP":
-        kwargs = {"ShardIteratorType": "AT_TIMESTAMP",
-                  "Timestamp": datetime.fromtimestamp(position["ts"], UTC)}
-    else:
-        kwargs = {"ShardIteratorType": position["start"]}
-    return _with_retries(lambda: kinesis.get_shard_iterator(
-        StreamName=stream, ShardId=shard_id, **kwargs))["ShardIterator"]
-
-
-def _get_records(kinesis: Any, iterator: str, limit: int) -> dict | None:
-    """One GetRecords call with retries; None when the iterator has expired."""
-    try:
-        return _with_retries(lambda: kinesis.get_records(ShardIterator=iterator, Limit=limit))
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == _EXPIRED:
-            return None
-        raise
-
-
-def _with_retries(call: Any, attempts: int = 20) -> Any:
-    """Retry throttling and connection failures with backoff; other errors propagate."""
-    delays = aws.backoff_delays(base=0.1, cap=5.0)
-    for _ in range(attempts - 1):
-        try:
-            return call()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in THROTTLING_CODES:
-                raise
-        except (ConnectionError, HTTPClientError):
-            pass
-        time.sleep(next(delays))
-    return call()
-
-
-def _to_batch(shard_id: str, records: list[tuple[str, float, bytes]]) -> pa.RecordBatch:
-    sequences: list[str] = []
-    subs: list[int] = []
-    arrivals: list[int] = []
-    payloads: list[bytes] = []
-    reasons: list[str | None] = []
-    details: list[str | None] = []
-    for sequence, arrival_s, data in records:
-        try:
-            record_events, reason, detail = kpl.events_of(data), None, None
-        except kpl.AggregateError as exc:  # the record whole, for the quarantine
-            record_events, reason, detail = [data], exc.reason.value, exc.detail
-        for sub, event in enumerate(record_events):
-            sequences.append(sequence)
-            subs.append(sub)
-            arrivals.append(int(arrival_s * 1e6))
-            payloads.append(event)
-            reasons.append(reason)
-            details.append(detail)
-    return pa.RecordBatch.from_arrays([
-        pa.array([shard_id] * len(sequences), pa.string()),
-        pa.array(sequences, pa.string()),
-        pa.array(subs, pa.int32()),
-        pa.array(arrivals, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-        pa.array(payloads, pa.binary()),
-        pa.array(reasons, pa.string()),
-        pa.array(details, pa.string()),
-    ], schema=RAW_SCHEMA)

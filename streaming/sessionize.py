@@ -9,7 +9,7 @@ grouped by session: 0.40 ms per session per batch with applyInPandasWithState, 1
 transformWithStateInPandas, 0.26 ms with transformWithState). Why this operator: it is the one
 that exists on both Sparks the job runs on, the local pin (4.3) and the EMR runtime's (4.0, which
 has no row-based transformWithState), and grouped by bucket it costs what the row-based one does
-on 4.3 (README, "Why this stateful operator"; propensity/bench/operator.py measures both).
+on 4.3 (README, "Why this stateful operator"; ops/bench/operator.py measures both).
 
 The fold itself, `sessionize_bucket`, is a function of a bucket's events, its sessions (anything
 with MapState's calls) and its clock, so the benchmark runs exactly the job's fold under each
@@ -51,7 +51,7 @@ from pyspark.sql.types import BinaryType, LongType, StringType, StructField, Str
 
 from propensity import features as F
 from propensity.spark import freeze_worker_heap
-from streaming.parse import EVENT_RECORD, INVALID_BUCKET
+from propensity.streaming.parse import EVENT_RECORD, INVALID_BUCKET
 
 SNAPSHOT, INVALID, LATE = "snapshot", "invalid", "late"
 

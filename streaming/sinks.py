@@ -40,27 +40,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import redis
-from feast.infra.online_stores.redis import RedisOnlineStore
 from pyspark import TaskContext
 from pyspark.sql.pandas.types import from_arrow_schema
 
-import feature_repo
-from feature_repo import definitions
-from feature_repo.online import write_latest
-from propensity import aws, events
+from propensity import aws, events, feature_repo
 from propensity import features as F
+from propensity.feature_repo import definitions, redis_layout
+from propensity.feature_repo.online import write_latest
+from propensity.lake import day_folder
 from propensity.settings import Settings
 from propensity.spark import freeze_worker_heap
-from streaming.checkpoint import Checkpoint
-from streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
-from streaming.sessionize import INVALID, LATE, OUTPUT_SCHEMA, SNAPSHOT
+from propensity.streaming.checkpoint import Checkpoint
+from propensity.streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
+from propensity.streaming.sessionize import INVALID, LATE, OUTPUT_SCHEMA, SNAPSHOT
 
 log = logging.getLogger("propensity.stream")
 
-SESSION_COLUMNS = (F.SESSION_ID, F.USER_ID, "event_id", "event_time", F.EVENT_TIMESTAMP,
-                   *F.SESSION_FEATURE_NAMES)
-SESSION_PRODUCT_COLUMNS = (F.SESSION_ID, F.PRODUCT_ID, "event_id", F.EVENT_TIMESTAMP,
-                           *F.SESSION_PRODUCT_FEATURE_NAMES)
 # Freshness values a task sends the driver at most: evenly spaced order statistics of its own
 # (with its smallest and largest), each standing for its share of the task's events.
 FRESHNESS_SAMPLES = 64
@@ -155,7 +150,7 @@ class PartitionWriter:
         self._repo_config: Any = None
         self._views = {name: definitions.feature_view(settings, name)
                        for name in (F.SESSION_VIEW, F.SESSION_PRODUCT_VIEW)}
-        self._online = RedisOnlineStore()
+        self._online: Any = None
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="sink")
 
     def write(self, table: pa.Table, batch_id: int, partition: int = 0,
@@ -174,14 +169,13 @@ class PartitionWriter:
             lake_rows = snapshots.select(events.LAKE_SCHEMA.names)
             writes.append(partial(self._write_parquet, self.settings.events_uri, lake_rows,
                                   "event_time", name))
-            for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
-                                  (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+            for view, columns in F.ARCHIVE_COLUMNS.items():
                 writes.append(partial(self._write_parquet,
                                       definitions.archive_path(self.settings, view),
                                       snapshots.select(list(columns)), F.EVENT_TIMESTAMP, name))
             online_writes = [partial(
                 retry_while_unavailable,
-                partial(write_latest, self._online, self.repo_config, view, snapshots),
+                partial(write_latest, self.online, self.repo_config, view, snapshots),
                 self.settings.stream_online_retry_s, report, view.name)
                 for view in self._views.values()]
             report.events = snapshots.num_rows
@@ -214,7 +208,14 @@ class PartitionWriter:
         dates = pc.strftime(table.column(date_column), format="%Y-%m-%d")
         for date in pc.unique(dates).to_pylist():
             part = table.filter(pc.equal(dates, date))
-            pq.write_table(part, f"{aws.s3_key(uri)}/date={date}/{name}", filesystem=self.fs)
+            pq.write_table(part, day_folder(aws.s3_key(uri), date) + name, filesystem=self.fs)
+
+    @property
+    def online(self) -> Any:
+        """The Redis client of this worker's writes (kept: it holds the connection)."""
+        if self._online is None:
+            self._online = redis_layout.client(self.repo_config.online_store)
+        return self._online
 
     @property
     def repo_config(self) -> Any:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from propensity.ops.testing import running_stack, with_fresh_stream
 from propensity.settings import Settings
-from propensity.testing import running_stack, with_fresh_stream
 
 # The tests' Spark defaults (tests/spark-conf/spark-defaults.conf), for every JVM they start,
 # in this process or in the commands they run.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -15,26 +14,26 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-import feature_repo
-from batch import aggregates, checks
-from batch.errors import BatchError
-from batch.job import BatchSummary, day_range, run
-from feature_repo.definitions import archive_path
-from feature_repo.retrieval import historical_features
-from propensity import aws, events
+from propensity import aws, events, feature_repo
 from propensity import features as F
+from propensity.batch import aggregates, checks
+from propensity.batch.errors import BatchError
+from propensity.batch.job import BatchSummary, day_range, run
+from propensity.batch.request import BatchRun
+from propensity.feature_repo.definitions import archive_path
+from propensity.feature_repo.retrieval import historical_features
+from propensity.ops.testing import isolated, write_csv
 from propensity.samples import COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from propensity.testing import isolated, write_csv
 from tests import batch_oracle
 
 DAYS = (date(2019, 10, 1), date(2019, 10, 15), date(2019, 10, 31))
 
 
 def batch_args(*imports: Path, first: date | None = None, last: date | None = None,
-               as_of: date | None = None) -> argparse.Namespace:
-    return argparse.Namespace(imports=list(imports), first=first, last=last, as_of=as_of)
+               as_of: date | None = None) -> BatchRun:
+    return BatchRun(tuple(imports), as_of, first, last)
 
 
 @pytest.fixture(scope="module")
@@ -196,8 +195,9 @@ def test_day_range_from_the_arguments() -> None:
         date(2019, 10, 1), date(2019, 10, 5))
     assert day_range(batch_args(as_of=days[0]), [], days) == (days[0], days[0])
     assert day_range(batch_args(first=days[0], last=days[1]), [], []) == tuple(days)
-    for bad in (batch_args(first=days[0]), batch_args(first=days[1], last=days[0])):
-        with pytest.raises(BatchError):
-            day_range(bad, [], days)
+    for bad in ({"first": days[0]}, {"first": days[1], "last": days[0]},
+                {"as_of": days[0], "first": days[0], "last": days[1]}):
+        with pytest.raises(BatchError):  # a request that cannot be is refused when it is made
+            batch_args(**bad)
     with pytest.raises(BatchError, match="empty"):
         day_range(batch_args(), [], [])

@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from propensity.bench.cpu import (
+from propensity.ops.bench.cpu import (
     DRIVER,
     EXECUTORS,
     JIT,
@@ -89,5 +89,5 @@ def test_process_kinds_by_command_line() -> None:
     assert kind_of(["/usr/lib/jvm/bin/java", "-cp", "x", "org.apache.spark.deploy.SparkSubmit"]
                    ) == JVM
     assert kind_of(["/venv/bin/python", "-m", "pyspark.daemon", "pyspark.worker"]) == PYTHON_WORKERS
-    assert kind_of(["/venv/bin/python", "-m", "propensity.cli", "stream"]) == PYTHON_MAIN
+    assert kind_of(["/venv/bin/python", "-m", "propensity.ops.cli", "stream"]) == PYTHON_MAIN
     assert kind_of([]) == PYTHON_MAIN

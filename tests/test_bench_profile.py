@@ -1,4 +1,4 @@
-"""The profile summary (propensity.bench.profile) reads py-spy's and JFR's output as they are:
+"""The profile summary (propensity.ops.bench.profile) reads py-spy's and JFR's output as they are:
 py-spy's raw lines from a real recording, a flight recording made here by the JDK."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from propensity.bench.cpu import JVM, PYTHON_MAIN, PYTHON_WORKERS
-from propensity.bench.profile import _OURS, _jfr_json, java_packages, read_jfr, read_py_spy
+from propensity.ops.bench.cpu import JVM, PYTHON_MAIN, PYTHON_WORKERS
+from propensity.ops.bench.profile import _OURS, _jfr_json, java_packages, read_jfr, read_py_spy
 
 # Two lines of a `bench stream --profile` recording (process chain, frames, count), shortened.
 PY_SPY = [
-    'process 1:"/v/bin/python3 -m propensity.cli stream";process 2:"/usr/bin/java -cp x '
+    'process 1:"/v/bin/python3 -m propensity.ops.cli stream";process 2:"/usr/bin/java -cp x '
     'org.apache.spark.deploy.SparkSubmit";process 3:"/v/bin/python3 -m pyspark.daemon '
     'pyspark.worker";main (pyspark/worker.py:4364);write_partitions (streaming/sinks.py:131);'
     'write_latest (/r/feature_repo/online.py:64);online_write_batch (/v/lib/python3.11/'
     'site-packages/feast/infra/online_stores/redis.py:250) 7',
-    'process 1:"/v/bin/python3 -m propensity.cli stream";run (threading.py:982) 3',
+    'process 1:"/v/bin/python3 -m propensity.ops.cli stream";run (threading.py:982) 3',
     "not a stack line",
 ]
 
@@ -60,6 +60,6 @@ def test_a_real_flight_recording_is_read(tmp_path: Path) -> None:
 
 
 def test_the_summary_command_refuses_what_is_not_a_profile_folder(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "propensity.bench.profile",
+    done = subprocess.run([sys.executable, "-m", "propensity.ops.bench.profile",
                            str(tmp_path / "none")], capture_output=True, text=True)
     assert done.returncode == 2 and "usage" in done.stderr

@@ -17,18 +17,15 @@ from pathlib import Path
 import pytest
 
 from propensity import aws
-from propensity.bench import CHAOS_SCENARIOS, LATENCY_SCENARIOS
-from propensity.bench.chaos import (
-    _where_missing,
-    cores_apart,
-    cpu_hog,
-    live_heap_floors,
-    run_chaos,
-)
 from propensity.kinesis import read_events
+from propensity.ops.bench import CHAOS_SCENARIOS, LATENCY_SCENARIOS
+from propensity.ops.bench.chaos import run_chaos
+from propensity.ops.bench.chaos_scorer import cores_apart, cpu_hog
+from propensity.ops.bench.chaos_stream import where_missing
+from propensity.ops.bench.memory import live_heap_floors
+from propensity.ops.testing import on_cores
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.testing import on_cores
 from tests.test_kinesis_source import _put
 
 KEEPING_SCENARIOS = tuple(s for s in CHAOS_SCENARIOS if s not in LATENCY_SCENARIOS)
@@ -87,11 +84,11 @@ def test_lost_events_are_located_in_the_stream(stream: Settings) -> None:
     """A failed verdict says where the missing events are: per shard, how many and the
     records holding them; none in the stream means the replay never sent them."""
 
-    assert _where_missing(stream, set()) == {"in the stream": 0}
+    assert where_missing(stream, set()) == {"in the stream": 0}
     _put(stream, 12)
     sent = read_events(aws.client("kinesis", stream), stream.kinesis_stream).valid
     kept = set(sent["event_id"].iloc[:5])
-    where = _where_missing(stream, kept)
+    where = where_missing(stream, kept)
     assert sum(shard["events"] for shard in where.values()) == 7
     assert set(where) <= set(sent["shard_id"])
     for shard_id, shard in where.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from propensity.settings import Settings
-from streaming.checkpoint import (
+from propensity.streaming.checkpoint import (
     LAYOUT_FILE,
     Checkpoint,
     CheckpointFromEarlierJob,
@@ -67,7 +67,7 @@ def test_the_layout_file_is_read_only_for_a_checkpoint_with_state(tmp_path: Path
 
 def test_the_stream_command_refuses_another_layout_in_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from propensity.cli import main
+    from propensity.ops.cli import main
 
     directory = tmp_path / "cp"
     checkpoint = Checkpoint(_settings(directory))

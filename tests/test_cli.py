@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from propensity.cli import _parser
+from propensity.ops.cli import _parser
 from propensity.samples import MULTICAT_SAMPLE
 
 

@@ -3,7 +3,6 @@ history, and the November sample with October as history."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -12,17 +11,19 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from batch.job import run as run_batch
 from propensity import features as F
+from propensity.batch.job import run as run_batch
+from propensity.batch.request import BatchRun
+from propensity.ops.pipelines import DatasetRequest, build_dataset
+from propensity.ops.testing import isolated, write_csv
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from propensity.testing import isolated, write_csv
-from streaming.job import StreamOptions
-from streaming.job import run as run_stream
+from propensity.streaming.job import run as run_stream
+from propensity.streaming.options import StreamOptions
+from propensity.training.dataset import LABEL
 from tests.test_batch import distinct_events
 from tests.test_streaming import send
-from training.dataset import LABEL, build
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,7 @@ def spark() -> Iterator[SparkSession]:
 
 
 def dataset(settings: Settings, out: Path, events: Path, *history: Path) -> pd.DataFrame:
-    build(settings, argparse.Namespace(events=events, history=list(history), out=out,
-                                       lake=False))
+    build_dataset(settings, DatasetRequest(out, events, history))
     return pd.read_parquet(out)
 
 
@@ -108,10 +108,8 @@ def test_streamed_sessions_give_the_same_training_set_as_the_file(
     for path in (history, day2):
         send(settings, path)
     run_stream(settings, StreamOptions(until_idle=True), spark)
-    run_batch(settings, argparse.Namespace(imports=[], first=date(2019, 10, 1),
-                                           last=date(2019, 10, 2), as_of=None), spark)
-    build(settings, argparse.Namespace(events=None, history=[], lake=True,
-                                       out=tmp_path / "lake.parquet"))
+    run_batch(settings, BatchRun(first=date(2019, 10, 1), last=date(2019, 10, 2)), spark)
+    build_dataset(settings, DatasetRequest(tmp_path / "lake.parquet"))
     from_lake = pd.read_parquet(tmp_path / "lake.parquet")
     assert set(from_lake[F.SESSION_ID]) == {"A", "B", "C"}
     streamed = from_lake[from_lake[F.SESSION_ID] != "A"]

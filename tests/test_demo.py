@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from propensity.demo import run_demo
+from propensity.ops.demo import run_demo
+from propensity.ops.stack import LocalStack
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 
 @pytest.mark.beside  # its own stack and processes, mostly waiting on the replay: second lane

@@ -19,11 +19,13 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from propensity.cli import _parser
+from propensity.ops.cli import _parser
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER, MULTICAT_SAMPLE
 from propensity.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the scorer needs of the package: the core, Feast's definitions, the scorer.
+SCORER_PACKAGES = ("propensity", "propensity.feature_repo", "propensity.serving")
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 OURS = [name for name, svc in SERVICES.items() if svc.get("image", "").startswith("propensity")]
@@ -80,11 +82,18 @@ def test_dockerfile_is_pinned_and_runs_as_non_root(dockerfile: str) -> None:
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base)
     assert any(line.startswith("USER ") and "root" not in line for line in lines)
     assert any("-c constraints.txt" in line for line in lines)
-    # Every package the wheel holds is in the image.
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    for package in (p.rstrip("*") for p in packages):
-        assert f"COPY {package} ./{package}" in lines, package
+    # The full image holds every folder the wheel maps under `propensity`; the scorer's, the
+    # core, Feast's definitions and the scorer only, laid out as the installed package.
+    folders = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-dir"]
+    copied = {line.split()[1]: line.split()[2] for line in lines if line.startswith("COPY ")}
+    if dockerfile == "Dockerfile":
+        top = {folder.split("/")[0] for folder in folders.values()}
+        assert all(copied.get(folder) == f"./{folder}" for folder in top), copied
+    else:
+        assert {folder: copied[folder] for folder in copied if folder in folders.values()} == {
+            folder: "./" + package.replace(".", "/") for package, folder in folders.items()
+            if package in SCORER_PACKAGES}
 
 
 def _blocks(kind: str) -> list[tuple[str, dict]]:
@@ -117,8 +126,8 @@ def test_terraform_outputs_are_named_like_the_settings() -> None:
 
 
 def test_the_quality_and_drift_alarms_read_what_the_monitor_publishes() -> None:
-    from monitoring import live
     from propensity import drift
+    from propensity.monitoring import live
     from propensity.rollout import CHAMPION
 
     def plain(value: object) -> object:  # python-hcl2 keeps the quotes of strings
@@ -158,7 +167,7 @@ def test_terraform_fmt() -> None:
 def test_the_scorer_image_has_no_java_and_serves() -> None:
     text = (ROOT / "Dockerfile.scorer").read_text()
     assert "openjdk" not in text and "HEALTHCHECK" in text
-    assert '["propensity", "serve", "--host", "0.0.0.0", "--port", "8000"]' in text
+    assert '["python", "-m", "propensity.serving", "--host", "0.0.0.0", "--port", "8000"]' in text
 
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
@@ -189,10 +198,16 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
                                               "run-step.sh", "requirements.txt"}
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        assert {"streaming/job.py", "batch/job.py", "serving/app.py", "training/train.py",
-                "feature_repo/feature_store.yaml"} <= names
-        for module in ("streaming/job.py", "batch/job.py"):  # spark-submit entry points
-            assert "def main(" in archive.read(module).decode()
+        # One top-level name: the repository's folders are the package's floors.
+        assert {top for top in (name.split("/")[0] for name in names)
+                if not top.endswith(".dist-info")} == {"propensity"}
+        assert {"propensity/streaming/job.py", "propensity/batch/job.py",
+                "propensity/serving/app.py", "propensity/training/train.py",
+                "propensity/feature_repo/feature_store.yaml"} <= names
+        # spark-submit entry points: the two jobs, and the operator's CLI (the retrain step
+        # runs the batch, then the retraining)
+        for module in ("streaming/job.py", "batch/job.py", "ops/cli.py"):
+            assert "def main(" in archive.read(f"propensity/{module}").decode()
     for script in ("bootstrap.sh", "run-step.sh"):
         assert subprocess.run(["bash", "-n", str(emr / script)]).returncode == 0
 

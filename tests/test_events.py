@@ -11,8 +11,8 @@ import pytest
 
 from propensity import events
 from propensity.events import Reason
+from propensity.ops.testing import write_csv
 from propensity.samples import MULTICAT_SAMPLE
-from propensity.testing import write_csv
 
 BASE = {
     "event_time": "2019-10-01 00:00:00 UTC",

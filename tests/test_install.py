@@ -1,11 +1,13 @@
-"""The install's parts (pyproject.toml's extras): the bare package, as Dockerfile.scorer
-installs it into a virtualenv of its own, serves the same propensities as the full install;
-commands beyond it say which extra they need; propensity.EXTRAS agrees with pyproject.toml."""
+"""The install's parts (pyproject.toml's extras): the scorer's image (Dockerfile.scorer: the
+bare dependencies, the core, Feast's definitions and the scorer only) serves the same
+propensities as the full install; the bare package's commands beyond it say which extra they
+need; propensity.ops.EXTRAS agrees with pyproject.toml."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -14,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from propensity import EXTRAS
-from propensity.demo import register_shipped_model
-from propensity.live_demo import propensities
+from propensity.ops import EXTRAS
+from propensity.ops.demo import register_shipped_model
+from propensity.ops.live_demo import propensities
+from propensity.ops.testing import isolated, load_session_features, running_scorer, session_requests
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.testing import isolated, load_session_features, running_scorer, session_requests
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,13 +34,35 @@ def _name(requirement: str) -> str:
 
 @pytest.fixture(scope="module")
 def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A virtualenv with the bare package, installed as Dockerfile.scorer installs it."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
+    """A virtualenv with the bare package's dependencies (pyproject.toml's, no extras) pinned
+    by the constraints, as Dockerfile.scorer installs them, and the package without
+    dependencies, as `pip install propensity` gives it."""
+    folder = tmp_path_factory.mktemp("bare")
+    venv = folder / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    "-c", str(ROOT / "constraints.txt"), str(ROOT)],
-                   check=True, timeout=900, capture_output=True)
+    (folder / "requirements.txt").write_text("\n".join(PYPROJECT["dependencies"]))
+    for args in (["-c", str(ROOT / "constraints.txt"), "-r", str(folder / "requirements.txt")],
+                 ["--no-deps", str(ROOT)]):
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q",
+                        "--disable-pip-version-check", *args],
+                       check=True, timeout=900, capture_output=True)
     yield venv / "bin"
+
+
+def scorer_image(folder: Path, python: Path) -> Path:
+    """Dockerfile.scorer's layout of the code in `folder` (its COPY lines of the code, as
+    docker runs them), and an interpreter that runs it as the image does: PYTHONPATH first,
+    so the image's copy is the package, whatever else the environment holds."""
+    app = folder / "app"
+    for line in (ROOT / "Dockerfile.scorer").read_text().splitlines():
+        if line.startswith("COPY ") and not line.endswith(" ./"):
+            _, source, target = line.split()
+            shutil.copytree(ROOT / source, app / target,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={app} exec {python} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 def test_extras_agree_with_pyproject_and_are_importable_here() -> None:
@@ -64,7 +88,9 @@ def test_the_bare_package_serves_what_the_full_install_serves(bare: Path, stack:
     load_session_features(settings, MULTICAT_SAMPLE)
     register_shipped_model(settings)
     requests = session_requests(MULTICAT_SAMPLE)[:100]
-    with running_scorer(settings, python=bare / "python") as image_like, \
+    image = scorer_image(tmp_path / "image", bare / "python")
+    assert not (tmp_path / "image" / "app" / "propensity" / "ops").exists()
+    with running_scorer(settings, python=image) as image_like, \
             running_scorer(settings) as full:
         assert propensities(image_like, requests) == propensities(full, requests)
 

@@ -14,8 +14,8 @@ from propensity.kinesis import (
     put_batches,
     read_all,
 )
+from propensity.ops.testing import FlakyKinesis
 from propensity.settings import Settings
-from propensity.testing import FlakyKinesis
 
 
 def test_put_batches_respect_count_and_size_limits() -> None:

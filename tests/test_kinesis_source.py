@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from propensity import aws
+from propensity.ops.testing import isolated, with_fresh_stream
 from propensity.settings import Settings
-from propensity.testing import isolated, with_fresh_stream
-from streaming.kinesis_source import CheckpointStreamMismatch, KinesisStreamReader, SourceOptions
+from propensity.streaming.kinesis_options import CheckpointStreamMismatch, SourceOptions
+from propensity.streaming.kinesis_source import KinesisStreamReader
 from tests.test_events import _json
 
 pytestmark = pytest.mark.integration

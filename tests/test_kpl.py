@@ -14,8 +14,8 @@ from aws_kinesis_agg.aggregator import RecordAggregator
 
 from propensity import events, kpl
 from propensity.events import Reason
-from streaming.kinesis_source import _to_batch
-from streaming.parse import QUARANTINE_RECORD, parse_batches, unpack
+from propensity.streaming.kinesis_shards import to_batch
+from propensity.streaming.parse import QUARANTINE_RECORD, parse_batches, unpack
 from tests.test_events import _json
 
 
@@ -63,7 +63,7 @@ def test_events_are_numbered_across_user_records_and_their_lines() -> None:
     a, b, c = _json(user_session="a"), _json(user_session="b"), _json(user_session="c")
     data = aggregated([a, b + b"\n" + c + b"\n", b"", a])
     assert kpl.events_of(data) == [a, b, c, a]
-    batch = _to_batch("shard-0", [("49", 1.5, data), ("50", 2.0, b + b"\n" + c)])
+    batch = to_batch("shard-0", [("49", 1.5, data), ("50", 2.0, b + b"\n" + c)])
     assert batch.column("sequence_number").to_pylist() == ["49"] * 4 + ["50"] * 2
     assert batch.column("sub_sequence").to_pylist() == [0, 1, 2, 3, 0, 1]
     assert batch.column("payload").to_pylist() == [a, b, c, a, b, c]
@@ -76,7 +76,7 @@ def test_plain_records_pass_as_before_byte_for_byte() -> None:
     for data in plain:
         assert not kpl.is_aggregated(data)
         assert kpl.events_of(data) == events.split_record(data)
-    batch = _to_batch("shard-0", [(str(i), 0.0, data) for i, data in enumerate(plain)])
+    batch = to_batch("shard-0", [(str(i), 0.0, data) for i, data in enumerate(plain)])
     expected = [(str(i), sub, line) for i, data in enumerate(plain)
                 for sub, line in enumerate(events.split_record(data))]
     assert list(zip(batch.column("sequence_number").to_pylist(),
@@ -144,7 +144,7 @@ def test_a_broken_aggregate_is_quarantined_whole_and_costs_nothing_else() -> Non
     good = aggregated([_json(user_session="a"), _json(user_session="b")])
     broken = good[:-1] + bytes([good[-1] ^ 0xFF])
     records = [("1", 1.0, good), ("2", 2.0, broken), ("3", 3.0, _json(user_session="c"))]
-    batch = _to_batch("shard-7", records)
+    batch = to_batch("shard-7", records)
     parsed = pa.Table.from_batches(list(parse_batches(iter([batch]), buckets=64)))
     counted = parsed.filter(pa.compute.not_equal(parsed.column("bucket"), -1))
     assert sorted(counted.column("user_session").to_pylist()) == ["a", "b", "c"]
@@ -167,7 +167,7 @@ def test_positions_depend_on_the_record_alone() -> None:
          range(rng.randrange(1, 30))])) for i in range(20)]
 
     def positions(*batches: list) -> list[tuple]:
-        rows = [row for part in batches for row in _to_batch("shard-0", part).to_pylist()]
+        rows = [row for part in batches for row in to_batch("shard-0", part).to_pylist()]
         return [(r["sequence_number"], r["sub_sequence"], orjson.loads(r["payload"])["price"])
                 for r in rows]
 

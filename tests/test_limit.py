@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.limit import MIN_TARGET_S, TOLERANCE, AdaptiveLimit
+from propensity.serving.limit import MIN_TARGET_S, TOLERANCE, AdaptiveLimit
 
 BUDGET_S = 0.1
 

@@ -20,13 +20,13 @@ from propensity.model import (
     encode_row,
     source_features,
 )
+from propensity.ops.testing import isolated
 from propensity.rollout import CANARY, SHADOW, Challenger
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
-from propensity.testing import isolated
-from training import checks, metrics
-from training.dataset import LABEL, prediction_points, with_request_time_features
-from training.train import fit_booster, fit_model
+from propensity.training import checks, metrics
+from propensity.training.dataset import LABEL, prediction_points, with_request_time_features
+from propensity.training.train import fit_booster, fit_model
 
 
 def points_without_history(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -16,16 +16,16 @@ import pytest
 from scipy.stats import chi2_contingency
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from monitoring import ab, live, report
 from propensity import aws, drift, events, experiment, model_store, quality, rollout
 from propensity.experiment import Conversions
+from propensity.lake import day_folder
 from propensity.model import COLUMN_NAMES
-from propensity.predictions import day_folder
+from propensity.monitoring import ab, live, report
+from propensity.ops.testing import isolated
 from propensity.rollout import CANARY, CHALLENGER, CHAMPION, SHADOW, Challenger
+from propensity.serving.prediction_log import Prediction, object_key, to_table
 from propensity.settings import Settings
-from propensity.testing import isolated
-from serving.prediction_log import Prediction, object_key, to_table
-from training import metrics as row_metrics
+from propensity.training import metrics as row_metrics
 
 # The log is a replay's: answered today, each row scored for (as_of) its events' time in 2019;
 # the monitor finds the purchases by the days scored for.

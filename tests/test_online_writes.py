@@ -16,15 +16,13 @@ from feast import ValueType
 from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.utils import _convert_arrow_to_proto
 
-import feature_repo
-from feature_repo import definitions
-from feature_repo.online import latest_per_entity, write_latest
-from propensity import events
+from propensity import events, feature_repo
 from propensity import features as F
+from propensity.feature_repo import definitions
+from propensity.feature_repo.online import latest_per_entity, write_latest
+from propensity.ops.testing import RedisProcess
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.testing import RedisProcess
-from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +39,7 @@ def _tables() -> dict[str, pa.Table]:
     valid = events.validate_file(MULTICAT_SAMPLE).valid
     snapshots = F.snapshots(valid)
     tables = {view: pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
-              for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
-                                    (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS))}
+              for view, columns in F.ARCHIVE_COLUMNS.items()}
     for view_name in (F.USER_VIEW, F.PRODUCT_VIEW):
         tables[view_name] = _generated(definitions.feature_view(Settings(), view_name))
     return tables
@@ -87,7 +84,7 @@ def test_redis_holds_what_feasts_writer_leaves(redis_server: RedisProcess, ttl_s
                                   _convert_arrow_to_proto(latest, view, join_keys), None)
         expected = _everything(client)
         client.flushall()
-        written = write_latest(RedisOnlineStore(), config, view, table)
+        written = write_latest(client, config, view, table)
         assert written == latest.num_rows == len(expected) > 100
         assert _everything(client) == expected, view_name
 
@@ -99,19 +96,19 @@ def test_only_newer_rows_replace_stored_ones(redis_server: RedisProcess) -> None
     client.flushall()
     view = definitions.feature_view(settings, F.SESSION_VIEW)
     table = _tables()[F.SESSION_VIEW]
-    store = RedisOnlineStore()
-    write_latest(store, config, view, table)
+    store = RedisOnlineStore()  # Feast's public reader
+    write_latest(client, config, view, table)
     before = _everything(client)
     frame = latest_per_entity(table, [F.SESSION_ID]).to_pandas()
     frame["event_count"] = frame["event_count"] + 1000
     older = frame.assign(event_timestamp=frame[F.EVENT_TIMESTAMP] - timedelta(seconds=1))
     same = frame
     for rows in (older, same):
-        write_latest(store, config, view, pa.Table.from_pandas(rows, preserve_index=False))
+        write_latest(client, config, view, pa.Table.from_pandas(rows, preserve_index=False))
         assert _everything(client) == before
     newer = frame.iloc[:5].assign(
         event_timestamp=frame[F.EVENT_TIMESTAMP].iloc[:5] + timedelta(microseconds=1))
-    write_latest(store, config, view, pa.Table.from_pandas(newer, preserve_index=False))
+    write_latest(client, config, view, pa.Table.from_pandas(newer, preserve_index=False))
     found = store.online_read(config, view, [
         _key(s) for s in newer[F.SESSION_ID]], ["event_count"])
     assert [values["event_count"].int64_val for _, values in found] == list(

@@ -16,24 +16,24 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from propensity import aws, model_store
-from propensity.demo import register_shipped_model
-from propensity.predictions import LOG_SCHEMA
-from propensity.rollout import CHAMPION
-from propensity.samples import MULTICAT_SAMPLE
-from propensity.settings import Settings
-from propensity.testing import (
+from propensity.ops.demo import register_shipped_model
+from propensity.ops.testing import (
     isolated,
     load_session_features,
     running_scorer,
     session_requests,
 )
-from serving.prediction_log import (
+from propensity.predictions import LOG_SCHEMA
+from propensity.rollout import CHAMPION
+from propensity.samples import MULTICAT_SAMPLE
+from propensity.serving.prediction_log import (
     LogMetrics,
     Prediction,
     PredictionLog,
     new_request_id,
     to_table,
 )
+from propensity.settings import Settings
 
 DAY = datetime(2026, 12, 6, 23, 59, 58, tzinfo=UTC)
 

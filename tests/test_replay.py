@@ -15,10 +15,10 @@ import pytest
 
 from propensity import aws, events, kpl
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_all, read_events
-from propensity.replay import replay
+from propensity.ops.replay import replay
+from propensity.ops.testing import FlakyKinesis, write_csv
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.testing import FlakyKinesis, write_csv
 from tests.test_events import BASE
 
 pytestmark = pytest.mark.integration

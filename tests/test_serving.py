@@ -16,12 +16,9 @@ import pytest
 import schemathesis
 
 from propensity import aws, model_store, rollout
-from propensity.bench.chaos import RECOVERED_SHED_SHARE
 from propensity.model import COLUMN_NAMES, Calibration, PropensityModel
-from propensity.rollout import CHALLENGER, CHAMPION, SHADOW
-from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
-from propensity.settings import Settings
-from propensity.testing import (
+from propensity.ops.bench.chaos_scorer import RECOVERED_SHED_SHARE
+from propensity.ops.testing import (
     RedisProcess,
     isolated,
     load_session_features,
@@ -29,10 +26,13 @@ from propensity.testing import (
     session_requests,
     steady_requests,
 )
-from serving import LATENCY_BUDGET_MS, scoring
-from serving.online import Entities, FeastFeatures, RedisFeatures
+from propensity.rollout import CHALLENGER, CHAMPION, SHADOW
+from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
+from propensity.serving import LATENCY_BUDGET_MS, scoring
+from propensity.serving.online import Entities, FeastFeatures, RedisFeatures
+from propensity.settings import Settings
+from propensity.training.train import fit_model
 from tests.test_model import points_without_history
-from training.train import fit_model
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from feature_repo import definitions
 from propensity import events
 from propensity import features as F
+from propensity.feature_repo import definitions
 from propensity.settings import Settings
-from streaming.sinks import SESSION_COLUMNS
 from tests.test_streaming import COSMETICS
 
 
@@ -28,32 +27,32 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
     up to 14 s, are turned off here so that the outage needs the sink's.)"""
     import threading
 
-    from feast.infra.online_stores.redis import RedisOnlineStore
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    import feature_repo
-    from feature_repo.online import write_latest
-    from propensity.testing import RedisProcess
-    from streaming.sinks import BatchReport, retry_while_unavailable
+    from propensity import feature_repo
+    from propensity.feature_repo import redis_layout
+    from propensity.feature_repo.online import write_latest
+    from propensity.ops.testing import RedisProcess
+    from propensity.streaming.sinks import BatchReport, retry_while_unavailable
 
     server = RedisProcess(tmp_path / "redis")
     server.start()
     settings = Settings().model_copy(update={"redis": server.connection_string})
     view = definitions.feature_view(settings, F.SESSION_VIEW)
     config = feature_repo.repo_config(settings, key_ttl_s=settings.online_ttl_s)
-    store = RedisOnlineStore()
+    client = redis_layout.client(config.online_store)
     snapshots = _snapshots()
-    table = pa.Table.from_pandas(snapshots[list(SESSION_COLUMNS)], preserve_index=False)
+    table = pa.Table.from_pandas(snapshots[list(F.SESSION_COLUMNS)], preserve_index=False)
     try:
-        write_latest(store, config, view, table.slice(0, 10))  # the store is connected
-        store._get_client(config.online_store).set_retry(Retry(NoBackoff(), 0))
+        write_latest(client, config, view, table.slice(0, 10))  # the client is connected
+        client.set_retry(Retry(NoBackoff(), 0))
         server.stop()
         restart = threading.Timer(3.0, server.start)
         restart.start()
         report = BatchReport(batch_id=7)
         written = retry_while_unavailable(
-            lambda: write_latest(store, config, view, table), 60, report, view.name)
+            lambda: write_latest(client, config, view, table), 60, report, view.name)
         restart.join()
         assert written == snapshots[F.SESSION_ID].nunique()
         assert report.online_retries > 0
@@ -66,7 +65,7 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
 def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
     import redis
 
-    from streaming.sinks import BatchReport, retry_while_unavailable
+    from propensity.streaming.sinks import BatchReport, retry_while_unavailable
 
     clock = iter(range(100))
     calls = []
@@ -93,7 +92,7 @@ def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
 def test_task_reports_join_into_the_batch_report() -> None:
     import pyarrow as pa
 
-    from streaming.sinks import (
+    from propensity.streaming.sinks import (
         TASK_REPORT_SCHEMA,
         BatchReport,
         join_reports,

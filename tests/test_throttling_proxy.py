@@ -22,9 +22,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError
 from botocore.parsers import RpcV2CBORParser
 
+from propensity.ops.testing import free_port
+from propensity.ops.throttling_proxy import ThrottlingProxy, error_code
 from propensity.settings import Settings
-from propensity.testing import free_port
-from propensity.throttling_proxy import ThrottlingProxy, error_code
 
 _CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
                 "region_name": "us-east-1"}

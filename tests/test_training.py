@@ -14,18 +14,19 @@ import pandas as pd
 import pytest
 
 from propensity import model_store
-from propensity.cli import main
 from propensity.drift import PROFILE_FILE
 from propensity.model import PropensityModel
+from propensity.ops.cli import main
+from propensity.ops.pipelines import files_data, lake_data, retrain_challenger
+from propensity.ops.testing import isolated
 from propensity.rollout import CANARY, Challenger
 from propensity.samples import COSMETICS_NOVEMBER, COSMETICS_OCTOBER
 from propensity.settings import Settings
-from propensity.testing import isolated
-from streaming.job import StreamOptions
-from streaming.job import run as run_stream
+from propensity.streaming.job import run as run_stream
+from propensity.streaming.options import StreamOptions
+from propensity.training.retrain import Retrain
+from propensity.training.train import TrainResult, train
 from tests.test_streaming import send
-from training.retrain import Retrain, retrain
-from training.train import TrainResult, files_data, lake_data, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -171,7 +172,7 @@ def test_training_on_streamed_days_equals_training_on_the_files(
     assert from_lake.metrics["rows"]["train"] == from_files.metrics["rows"]["train"]
 
     # Retraining on the same lake: refit on both days, a canary challenger, never the champion.
-    retrained = retrain(by_lake, Retrain(days=40, valid_days=7, canary_share=0.1,
+    retrained = retrain_challenger(by_lake, Retrain(days=40, valid_days=7, canary_share=0.1,
                                          out=tmp_path / "retrain"))
     assert model_store.latest(by_lake) == from_lake.version  # the champion stays
     assert retrained.challenger == Challenger(retrained.version, CANARY, 0.1)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from propensity import features as F
 from propensity.model import PropensityModel
-from training.dataset import with_request_time_features
+from propensity.training.dataset import with_request_time_features
 
 CART_TOLERANCE = 0.005  # a cart event may not lower a score by more than this
 PRICE_NOISE = 0.01  # relative price change of the price check

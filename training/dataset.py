@@ -7,14 +7,14 @@ event, inclusive, and nothing later; the label is 1 when the session has a purch
 
 Two sources of points:
 - a REES46 file: its events go through the event contract and the streaming job's own fold
-  (`features.snapshots`) into a session archive of the training set's own, and into the lake
-  (with any history files) for the daily batch, which runs over their days first;
+  (`features.snapshots`) into a session archive of the training set's own; the user and
+  product features come from the daily batch, run over the file's days (with any history
+  files imported into the lake) first;
 - the lake: the streaming job's session archive and event lake, as they are.
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +24,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import feature_repo
-from feature_repo import definitions
-from feature_repo.retrieval import historical_features
-from propensity import aws, events
+from propensity import aws, events, feature_repo
 from propensity import features as F
+from propensity.feature_repo import definitions
+from propensity.feature_repo.retrieval import historical_features
 from propensity.settings import Settings
 
 LABEL = "label"
@@ -73,10 +72,7 @@ def prediction_points(snapshots: pd.DataFrame) -> pd.DataFrame:
 
 def _write_archive(snapshots: pd.DataFrame, folder: Path) -> None:
     """The session views' offline rows, as the streaming job archives them."""
-    from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
-
-    for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
-                          (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+    for view, columns in F.ARCHIVE_COLUMNS.items():
         (folder / view).mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
         pq.write_table(table, folder / view / "part-0.parquet")
@@ -126,15 +122,11 @@ def from_lake(settings: Settings) -> pd.DataFrame:
                                prediction_points(snapshots))
 
 
-def file_points(settings: Settings, files: list[Path], history: list[Path],
-                spark: object = None) -> list[tuple[pd.DataFrame, events.Validated]]:
+def file_points(settings: Settings, files: list[Path]
+                ) -> list[tuple[pd.DataFrame, events.Validated]]:
     """Points with every model feature for each of `files`, and the file through the event
-    contract (its valid events and invalid rows): the batch runs once over the days of all
-    files and the history first."""
-    from batch.job import run as run_batch
-
-    run_batch(settings, argparse.Namespace(imports=[*history, *files], as_of=None,
-                                           first=None, last=None), spark)
+    contract (its valid events and invalid rows). The daily batch must have run over the files'
+    days (and their history) first: ops/pipelines.py runs it."""
     out = []
     for path in files:
         with tempfile.TemporaryDirectory(prefix="propensity-dataset-") as work:
@@ -143,19 +135,12 @@ def file_points(settings: Settings, files: list[Path], history: list[Path],
     return out
 
 
-def build(settings: Settings, args: argparse.Namespace) -> DatasetSummary:
-    """`propensity dataset`: run the batch over the history and events files' days when
-    files are given, build the points and their features, write them to --out (Parquet)."""
-    summary = DatasetSummary(out=str(args.out))
-    if args.events:
-        ((frame, checked),) = file_points(settings, [args.events], args.history)
-        summary.invalid = dict(checked.reason_counts())
-    else:
-        frame = with_request_time_features(from_lake(settings))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(args.out, index=False)
-    summary.points = len(frame)
-    summary.sessions = frame[F.SESSION_ID].nunique()
-    summary.positive_points = int(frame[LABEL].sum())
-    summary.positive_sessions = int(frame.groupby(F.SESSION_ID)[LABEL].max().sum())
-    return summary
+def save(frame: pd.DataFrame, out: Path, invalid: dict[str, int] | None = None
+         ) -> DatasetSummary:
+    """Writes the points to `out` (Parquet) and says what they hold."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(out, index=False)
+    return DatasetSummary(points=len(frame), sessions=frame[F.SESSION_ID].nunique(),
+                          positive_sessions=int(frame.groupby(F.SESSION_ID)[LABEL].max().sum()),
+                          positive_points=int(frame[LABEL].sum()), invalid=invalid or {},
+                          out=str(out))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from propensity import events
 from propensity import features as F
-from propensity import model_store
-from propensity.settings import Settings
-from training import metrics
-from training.dataset import LABEL, DatasetError, file_points
+from propensity.model import PropensityModel
+from propensity.training import metrics
+from propensity.training.dataset import LABEL, DatasetError
 
 PREDICTION_COLUMNS = ("user_session", "event_time", "score")
 
@@ -29,10 +29,10 @@ def write_predictions(points: pd.DataFrame, scores, path: Path) -> None:
         frame.to_parquet(path, index=False)
 
 
-def evaluate(settings: Settings, events_file: Path, history: list[Path],
-             version: str | None, predictions_out: Path) -> dict:
-    model = model_store.load(settings, version)  # before any work: a missing model fails fast
-    ((points, checked),) = file_points(settings, [events_file], history)
+def evaluate(model: PropensityModel, points: pd.DataFrame, checked: events.Validated,
+             events_file: Path, history: list[Path], predictions_out: Path) -> dict:
+    """Scores the file's points (training.dataset.file_points) with `model`, writes the scores
+    and measures them."""
     if points.empty:
         raise DatasetError(f"{events_file}: no prediction points (no valid event before a "
                            "session's first purchase)")

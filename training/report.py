@@ -10,7 +10,7 @@ from matplotlib.figure import Figure  # no pyplot: files only, no display or glo
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from propensity.model import NOT_MODEL_INPUTS
-from training import metrics
+from propensity.training import metrics
 
 
 def _figure(width: float = 5, height: float = 5) -> tuple[Figure, object]:

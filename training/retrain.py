@@ -1,8 +1,8 @@
 """`propensity retrain --days N`: a new challenger from the lake's newest days, never a new
 champion.
 
-1. The daily batch runs over the lake's last N days (idempotent); their points get every
-   feature point-in-time, as `propensity train --lake` does.
+1. The daily batch has run over the lake's last N days (`window`; ops/pipelines.py runs it
+   first); their points get every feature point-in-time, as `propensity train --lake` does.
 2. Validation is the newest `valid_days` days, by the first point of each session (a session is
    on one side only). When the lake holds no more than that, the newest quarter of its sessions
    validates instead (a newly started lake, the demo's hours), and the summary says so.
@@ -17,13 +17,11 @@ champion.
    `canary_share` of the shoppers (propensity/rollout.py). Promotion stays a person's call, on
    the monitor's figures (`propensity monitor`, `propensity monitor ab`).
 
-Also a spark-submit entry point (the retrain step of terraform's schedule): `--days N`.
+The retrain step of terraform's schedule runs `propensity retrain` under spark-submit.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -37,9 +35,9 @@ from propensity import model_store
 from propensity.model import COLUMN_NAMES, PropensityModel, encode
 from propensity.rollout import Challenger
 from propensity.settings import Settings
-from training import checks
-from training.dataset import DatasetError
-from training.train import (
+from propensity.training import checks
+from propensity.training.dataset import DatasetError
+from propensity.training.train import (
     LABEL,
     ROW_ORDER,
     TrainingData,
@@ -125,10 +123,9 @@ def refit(frame: pd.DataFrame, trees: int) -> PropensityModel:
                            fit_calibration(out_of_fold, y))
 
 
-def retrain(settings: Settings, request: Retrain) -> RetrainResult:
-    from batch.lake import lake_days
-
-    first, last = window(lake_days(settings), request.days)
+def retrain(settings: Settings, request: Retrain, days: tuple[date, date]) -> RetrainResult:
+    """A challenger from the lake's `days` (`window`; the daily batch run over them first)."""
+    first, last = days
     points, lake = lake_points(settings, first, last)
     points = points.sort_values(ROW_ORDER, ignore_index=True)
     valid_from = datetime.combine(last - timedelta(request.valid_days - 1), time.min, UTC)
@@ -171,20 +168,3 @@ def retrain(settings: Settings, request: Retrain) -> RetrainResult:
             reason = (f"challenger in canary for {request.canary_share:.1%} of the shoppers "
                       "(`propensity model promote` when the monitor says it is better)")
     return RetrainResult(version, challenger, reason, split, summary)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """spark-submit entry point: `retrain.py --days N [--valid-days M]`."""
-    parser = argparse.ArgumentParser(prog="retrain", description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=int, default=Retrain.days)
-    parser.add_argument("--valid-days", type=int, default=Retrain.valid_days)
-    args = parser.parse_args(argv)
-    settings = Settings()
-    result = retrain(settings, Retrain(args.days, args.valid_days,
-                                       settings.retrain_canary_share))
-    print(result.format())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

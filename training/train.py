@@ -8,7 +8,6 @@ test is `propensity evaluate` on a later month.
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -32,8 +31,8 @@ from propensity.model import (
     monotone_constraints,
 )
 from propensity.settings import Settings
-from training import checks, metrics, report
-from training.dataset import (
+from propensity.training import checks, metrics, report
+from propensity.training.dataset import (
     LABEL,
     DatasetError,
     file_points,
@@ -249,38 +248,40 @@ class TrainingData:
     invalid: dict = field(default_factory=dict)
 
 
-def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[Path]
+def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[str]
                ) -> TrainingData:
-    """From REES46 files: the batch runs over all their days first."""
+    """From REES46 files (the daily batch run over their days and the `history` files'
+    first)."""
     (train_set, train_checked), (valid_set, valid_checked) = file_points(
-        settings, [train_file, valid_file], history)
+        settings, [train_file, valid_file])
     return TrainingData(train_set, valid_set, valid_checked.valid,
                         f"{train_file.name}: {_time_range(train_set)}",
                         f"{valid_file.name}: {_time_range(valid_set)}",
-                        [p.name for p in history],
+                        list(history),
                         {"train": dict(train_checked.reason_counts()),
                          "validation": dict(valid_checked.reason_counts())})
 
 
 def lake_points(settings: Settings, first: date, last: date) -> tuple[pd.DataFrame,
                                                                     pd.DataFrame]:
-    """Points of the days from `first` to `last` (the daily batch run over them first: it is
-    idempotent) and the lake's events."""
-    from batch.job import run as run_batch
-
-    run_batch(settings, argparse.Namespace(imports=[], as_of=None, first=first, last=last))
+    """Points of the days from `first` to `last` (the daily batch run over them first) and
+    the lake's events."""
     points = with_request_time_features(from_lake(settings))
     points = points[points["event_time"].dt.date.between(first, last)].reset_index(drop=True)
     return points, aws.read_parquet(settings, settings.events_uri).to_pandas()
 
 
-def lake_data(settings: Settings, train_days: tuple[date, date],
-              valid_days: tuple[date, date]) -> TrainingData:
-    """From the streamed sessions in the lake, split by the day of each point: the daily
-    batch runs (again: it is idempotent) over the days from the first to the last."""
+def check_lake_days(train_days: tuple[date, date], valid_days: tuple[date, date]) -> None:
     if not train_days[0] <= train_days[1] < valid_days[0] <= valid_days[1]:
         raise DatasetError("lake days: the training days must come before the validation "
                            "days, each range FROM <= TO")
+
+
+def lake_data(settings: Settings, train_days: tuple[date, date],
+              valid_days: tuple[date, date]) -> TrainingData:
+    """From the streamed sessions in the lake, split by the day of each point (the daily
+    batch run over the days from the first to the last first)."""
+    check_lake_days(train_days, valid_days)
     points, lake = lake_points(settings, train_days[0], valid_days[1])
 
     def within(times: pd.Series, days: tuple[date, date]) -> pd.Series:

@@ -6,7 +6,8 @@
 #                        with backoff, so a crash or a Redis failover does not end the step
 #   run-step.sh batch [DATE]  the daily batch for DATE (default: the day that just ended, UTC)
 #   run-step.sh monitor [DATE]  the live quality of DATE's predictions (same default; no Spark)
-#   run-step.sh retrain [DAYS]  a challenger from the lake's newest DAYS days (default 28)
+#   run-step.sh retrain [DAYS]  the batch over the lake's newest DAYS days (default 28), then a
+#                        challenger from them (`propensity retrain`)
 set -euo pipefail
 case "${1:-}" in
   stream | batch | monitor | retrain) ;;
@@ -29,7 +30,7 @@ case "${1:-}" in
   stream)
     attempt=0
     while true; do
-      "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry streaming.job)" && exit 0
+      "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry propensity.streaming.job)" && exit 0
       attempt=$((attempt + 1))
       delay=$((attempt < 6 ? 2 ** attempt : 60))
       echo "streaming job stopped (attempt $attempt); restarting from its checkpoint in ${delay}s" >&2
@@ -37,14 +38,14 @@ case "${1:-}" in
     done
     ;;
   batch)
-    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry batch.job)" \
+    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry propensity.batch.job)" \
       --as-of "${2:-$(date -u -d yesterday +%F)}"
     ;;
   monitor)
-    exec python3.11 -m propensity.cli monitor --day "${2:-$(date -u -d yesterday +%F)}"
+    exec python3.11 -m propensity.ops.cli monitor --day "${2:-$(date -u -d yesterday +%F)}"
     ;;
   retrain)
-    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry training.retrain)" \
+    exec "$SPARK_SUBMIT" --master yarn --deploy-mode client "$(entry propensity.ops.cli)" retrain \
       --days "${2:-28}"
     ;;
 esac

@@ -1,7 +1,7 @@
 """An open-loop HTTP load generator, run as a process of its own:
 
-    python -m propensity.bench.load URL --rps R --duration S --bodies FILE [--connections C]
-    python -m propensity.bench.load URL --closed --duration S --bodies FILE [--connections C]
+    python -m propensity.ops.bench.load URL --rps R --duration S --bodies FILE [--connections C]
+    python -m propensity.ops.bench.load URL --closed --duration S --bodies FILE [--connections C]
 
 Request i is due at start + i / R whatever happened before; its latency runs from that due
 time to the end of its response, so a server that falls behind shows it (no coordinated
@@ -181,11 +181,11 @@ def run_as_process(url: str, bodies: Path, rps: float | None, duration_s: float,
     again as soon as it is answered)."""
     import subprocess
 
-    from propensity.testing import on_cores
+    from propensity.ops.testing import on_cores
 
     rate = ["--closed"] if rps is None else ["--rps", str(rps)]
     done = subprocess.run(
-        [sys.executable, "-m", "propensity.bench.load", url, *rate, "--duration",
+        [sys.executable, "-m", "propensity.ops.bench.load", url, *rate, "--duration",
          str(duration_s), "--bodies", str(bodies), "--connections", str(connections)],
         capture_output=True, text=True, check=True, timeout=duration_s + 120,
         preexec_fn=on_cores(cores))
@@ -193,7 +193,7 @@ def run_as_process(url: str, bodies: Path, rps: float | None, duration_s: float,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m propensity.bench.load")
+    parser = argparse.ArgumentParser(prog="python -m propensity.ops.bench.load")
     parser.add_argument("url")
     rate = parser.add_mutually_exclusive_group(required=True)
     rate.add_argument("--rps", type=float, help="requests per second, open loop")

@@ -1,17 +1,17 @@
 """`propensity bench stream`: the streaming job's sustained throughput and freshness.
 
 On a fresh local stack, the job runs as its own process (`propensity stream`) while a separate
-producer process sends generated traffic with the real data's shape (propensity.generate) into
+producer process sends generated traffic with the real data's shape (propensity.ops.generate) into
 Kinesis at a fixed rate, event times = send times. Sampled events are watched in Redis through
 Feast's own online read: an event's freshness is the time from just before it was sent to
 Kinesis until its session's online features reflect it (their timestamp reaches its time).
 
 The job runs on the settings' Spark master, or on the one given: `local-cluster[N,C,MB]` is
 Spark's standalone topology on one machine (a driver and N executor JVMs of C cores, the
-split of a cluster). The job's CPU is counted by role (propensity.bench.cpu) from the end of
+split of a cluster). The job's CPU is counted by role (propensity.ops.bench.cpu) from the end of
 the warm-up until the last sample is readable: the driver's seconds per 10,000 events show
 whether the driver is in the data path. With a profile folder, the same window is also
-profiled (propensity.bench.profile: py-spy over the Python processes, a flight recording in
+profiled (propensity.ops.bench.profile: py-spy over the Python processes, a flight recording in
 each JVM) and the summary printed after the figures.
 """
 
@@ -30,14 +30,14 @@ from feast.protos.feast.types.Value_pb2 import Value
 
 from propensity import aws
 from propensity import features as F
-from propensity.bench.cpu import DRIVER, EXECUTORS, JIT, KINDS, CpuTrace
-from propensity.bench.profile import JobProfiler
-from propensity.generate import TrafficModel
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
-from propensity.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
-from propensity.replay import SentEvent, send_events
+from propensity.ops.bench.cpu import DRIVER, EXECUTORS, JIT, KINDS, CpuTrace
+from propensity.ops.bench.profile import JobProfiler
+from propensity.ops.generate import TrafficModel
+from propensity.ops.live_demo import start_stream_job, stop_stream_job, wait_for_first_batch
+from propensity.ops.replay import SentEvent, send_events
+from propensity.ops.stack import LocalStack
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 SAMPLES_PER_S = 200
 _POLL_S = 0.05
@@ -194,8 +194,8 @@ def _probe(settings: Settings, samples: Any, producer: Any, result: StreamBenchR
     returns the epoch time the producer started sending at."""
     from feast.infra.online_stores.redis import RedisOnlineStore
 
-    import feature_repo
-    from feature_repo import definitions
+    from propensity import feature_repo
+    from propensity.feature_repo import definitions
 
     config = feature_repo.repo_config(settings)
     view = definitions.feature_view(settings, F.SESSION_VIEW)

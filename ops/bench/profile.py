@@ -12,7 +12,7 @@ them (inclusive).
 
 JFR's execution samples are Java frames only: CPU in native code (RocksDB, Arrow's C++, zstd)
 counts under the Java method that called it when a frame shows it, and is otherwise missing;
-the process totals of propensity.bench.cpu are the whole.
+the process totals of propensity.ops.bench.cpu are the whole.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import psutil
 
-from propensity.bench.cpu import JVM, kind_of
+from propensity.ops.bench.cpu import JVM, kind_of
 
 _PACKAGES = "streaming|batch|serving|training|feature_repo|propensity"
 # A file of the project's own code, and a frame of it once shortened ("fold (streaming/x.py)").
@@ -215,10 +215,10 @@ def summary(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m propensity.bench.profile DIR`: the summary of a profile taken before."""
+    """`python -m propensity.ops.bench.profile DIR`: the summary of a profile taken before."""
     args = argv if argv is not None else sys.argv[1:]
     if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m propensity.bench.profile DIR (a folder of bench stream "
+        print("usage: python -m propensity.ops.bench.profile DIR (a folder of bench stream "
               "--profile)", file=sys.stderr)
         return 2
     print(summary(Path(args[0])))

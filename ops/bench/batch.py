@@ -1,6 +1,6 @@
 """`propensity bench batch`: the daily batch and the training-set build at scale, on a fresh
 local stack, with GENERATED events (real sessions of a REES46 file resampled under new session
-ids, users returning; see propensity.generate).
+ids, users returning; see propensity.ops.generate).
 
 The N events span D days from 2019-10-01. Phases, and the events their rates divide:
 - import: the first D-1 days' CSV through the event contract into the lake;
@@ -11,7 +11,6 @@ The N events span D days from 2019-10-01. Phases, and the events their rates div
 
 from __future__ import annotations
 
-import argparse
 import csv
 import tempfile
 import time
@@ -20,9 +19,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from propensity import events as contract
-from propensity.generate import TrafficModel
+from propensity.batch.request import BatchRun
+from propensity.ops.generate import TrafficModel
+from propensity.ops.stack import LocalStack
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 START = datetime(2019, 10, 1, tzinfo=UTC)
 
@@ -64,8 +64,8 @@ def write_generated(model: TrafficModel, path: Path, events: int, first_day: int
 
 
 def run_batch_bench(base: Settings, events: int, days: int, shape: Path) -> BatchBench:
-    from batch.job import run as run_batch
-    from training.dataset import from_file
+    from propensity.batch.job import run as run_batch
+    from propensity.training.dataset import from_file
 
     stack = LocalStack(base.home / "bench-batch")
     settings = stack.up()
@@ -81,9 +81,8 @@ def run_batch_bench(base: Settings, events: int, days: int, shape: Path) -> Batc
             bench = BatchBench(in_history + in_last, days)
             last_day = START.date() + timedelta(days=days - 1)
 
-            backfill = run_batch(settings, argparse.Namespace(
-                imports=[history], first=START.date(), last=last_day - timedelta(days=1),
-                as_of=None))
+            backfill = run_batch(settings, BatchRun(
+                imports=(history,), first=START.date(), last=last_day - timedelta(days=1)))
             _record(bench, "import", backfill.seconds["import"], backfill.imports[0].read)
             _record(bench, f"backfill {days - 1} days", backfill.seconds["aggregates"]
                     + backfill.seconds["publish"], backfill.events)
@@ -92,8 +91,7 @@ def run_batch_bench(base: Settings, events: int, days: int, shape: Path) -> Batc
                 f"{backfill.seconds['publish']:.1f} s, {sum(backfill.rows.values()):,} "
                 f"offline rows, {sum(backfill.online.values()):,} entities online")
 
-            daily = run_batch(settings, argparse.Namespace(
-                imports=[last], first=None, last=None, as_of=last_day))
+            daily = run_batch(settings, BatchRun(imports=(last,), as_of=last_day))
             _record(bench, "daily (import + as-of day)", sum(daily.seconds.values()),
                     daily.events)
 

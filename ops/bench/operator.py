@@ -1,6 +1,6 @@
 """The stateful operator's cost per session per micro-batch, for each operator PySpark offers.
 
-    python -m propensity.bench.operator [--batches 8] [--events 20000] [--sessions 5000]
+    python -m propensity.ops.bench.operator [--batches 8] [--events 20000] [--sessions 5000]
 
 The same input for every operator: micro-batches of `--events` events in `--sessions`
 sessions (half of them continuing from the batch before, so state carries over and grows),
@@ -40,9 +40,9 @@ from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, LongType, StructField, StructType
 
 from propensity.spark import spark_session
-from streaming import sessionize as S
-from streaming.kinesis_source import RAW_SCHEMA
-from streaming.parse import PARSED_SCHEMA, parse_batches
+from propensity.streaming import sessionize as S
+from propensity.streaming.kinesis_options import RAW_SCHEMA
+from propensity.streaming.parse import PARSED_SCHEMA, parse_batches
 
 OPERATORS = ("rows", "pandas", "pandas-state")
 _START_US = 1_569_888_000_000_000  # 2019-10-01 00:00 UTC

@@ -4,7 +4,7 @@ only) under the same load, on the same repo and Redis.
 
 The stack's `latest` model is served; the session features of `--shape` (a REES46 file) are
 written to Redis first, so every request names a session, user and product that exist. The
-load generator is a process of its own (propensity/bench/load.py), on the same machine.
+load generator is a process of its own (ops/bench/load.py), on the same machine.
 """
 
 from __future__ import annotations
@@ -17,18 +17,17 @@ from pathlib import Path
 
 import orjson
 
-import feature_repo
+from propensity import feature_repo, model_store
 from propensity import features as F
-from propensity import model_store
-from propensity.bench.load import run_as_process
-from propensity.settings import Settings
-from propensity.testing import (
+from propensity.ops.bench.load import run_as_process
+from propensity.ops.testing import (
     free_port,
     load_session_features,
     running_http_server,
     running_scorer,
     session_requests,
 )
+from propensity.settings import Settings
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import psutil
 
-from propensity.replay import SentEvent
+from propensity.ops.replay import SentEvent
 from propensity.settings import Settings
 
 FRESHNESS = re.compile(r"freshness p50 ([\d.]+) s max ([\d.]+) s")
@@ -180,7 +180,7 @@ def start_stream_job(settings: Settings, log: Path, *options: str, trigger_s: fl
     group of its own; its output goes to `log` (overwritten, or appended to for a restart)."""
     with open(log, "ab" if append else "wb") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "propensity.cli", "stream", "--trigger", str(trigger_s),
+            [sys.executable, "-m", "propensity.ops.cli", "stream", "--trigger", str(trigger_s),
              "--starting-position", starting_position, *options],
             env={**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"},
             stdout=out, stderr=out, start_new_session=True)
@@ -231,7 +231,7 @@ def report(watch: Watch, folder: Path, model_version: str, sent: int, batch_effe
     readout (the monitor's own report with the drift beside it); returns its path."""
     from matplotlib.figure import Figure
 
-    from monitoring.report import QUALITY_HEADER, quality_cells
+    from propensity.monitoring.report import QUALITY_HEADER, quality_cells
 
     folder.mkdir(parents=True, exist_ok=True)
     answers = watch.answers

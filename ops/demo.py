@@ -3,7 +3,7 @@
 A fresh local stack; optional history through the daily batch; the shipped model as the
 champion (`latest`); the streaming job and the scorer running while the bundled REES46 sample is
 replayed at a chosen speed and a small shop backend asks for propensities of live sessions (live
-view in propensity/live_demo.py). After the first half of the events, `propensity retrain`
+view in ops/live_demo.py). After the first half of the events, `propensity retrain`
 learns from the lake just streamed and its model becomes a canary challenger for half the
 shoppers; the rest is replayed 8 times slower with both answering. Then Feast's online
 features are checked against the fold over the events sent, the daily batch runs,
@@ -31,9 +31,9 @@ import pandas as pd
 from propensity import aws, events
 from propensity import features as F
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
-from propensity.replay import send_events
+from propensity.ops.replay import send_events
+from propensity.ops.stack import LocalStack
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 EVENTS_PER_RECORD = 10  # moto takes ~2k records/s; packing keeps the demo quick
 # The share of the sample's events streamed before the challenger is trained on the lake; the
@@ -95,7 +95,7 @@ def frames_until(frames: Iterator[pd.DataFrame], deadline: float,
 def train_challenger(settings: Settings, out: Path, log: Path) -> str | None:
     """`propensity retrain` over the lake streamed so far, as a process of its own (as on
     EMR): its summary shown; the challenger's version, or None when it could not be one."""
-    argv = [sys.executable, "-m", "propensity.cli", "retrain", "--days", "2", "--valid-days",
+    argv = [sys.executable, "-m", "propensity.ops.cli", "retrain", "--days", "2", "--valid-days",
             "1", "--out", str(out), "--json"]
     with open(log, "ab") as err:
         done = subprocess.run(argv, env={**os.environ, **settings.to_env()},
@@ -126,7 +126,7 @@ def await_rollout(url: str, challenger: str, timeout_s: float = 30) -> None:
 def monitor(settings: Settings, day: date, folder: Path) -> tuple[Any, Any]:
     """`propensity monitor` and `monitor ab` over the demo's prediction log: the live quality
     and drift report (written to `folder` too) and the A/B readout, printed."""
-    from monitoring import ab, live, report
+    from propensity.monitoring import ab, live, report
 
     measured = live.run(settings, live.MonitorDay(day, publish=False))
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def monitor(settings: Settings, day: date, folder: Path) -> tuple[Any, Any]:
 def check_online(settings: Settings, file: Path, sent: int, wait_s: float = 90) -> bool:
     """Feast's online session features equal the fold over the events sent, once the
     streaming job has caught up (asked again every 2 s for up to `wait_s`)."""
-    import feature_repo
+    from propensity import feature_repo
 
     valid = events.validate_file(file).valid.iloc[:sent]
     expected = F.snapshots(valid, settings.session_timeout_s)
@@ -176,8 +176,8 @@ def fresh_stack(home: Path) -> tuple[LocalStack, Settings]:
 
 def online_entities(settings: Settings, view: str, key: str, ids: list[int]) -> int:
     """How many of the entities (distinct `ids` of `key`) Feast serves features of."""
-    import feature_repo
-    from feature_repo.definitions import feature_view
+    from propensity import feature_repo
+    from propensity.feature_repo.definitions import feature_view
 
     ids = sorted(set(ids))
     names = [f.name for f in feature_view(settings, view).features]
@@ -190,7 +190,7 @@ def online_entities(settings: Settings, view: str, key: str, ids: list[int]) -> 
 def run_daily_batch(settings: Settings, imports: list[Path], log: Path) -> None:
     """The daily batch (imports, if any, then the lake's days) into Feast, as a process of its
     own as on EMR (its Spark output goes to `log`); its summary shown."""
-    argv = [sys.executable, "-m", "propensity.cli", "batch"]
+    argv = [sys.executable, "-m", "propensity.ops.cli", "batch"]
     for path in imports:
         argv += ["--import", str(path)]
     with open(log, "ab") as err:
@@ -205,7 +205,7 @@ def batch_effect(settings: Settings, url: str, requests: list[dict], log: Path) 
     """The shop's requests for the last active sessions scored before and after the daily
     batch over the day just streamed: what Feast now serves of their users and products, and
     how far their propensities moved."""
-    from propensity.live_demo import propensities
+    from propensity.ops.live_demo import propensities
 
     before = propensities(url, requests)
     run_daily_batch(settings, [], log)
@@ -222,9 +222,9 @@ def batch_effect(settings: Settings, url: str, requests: list[dict], log: Path) 
 
 def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: float = 80.0,
              duration_s: float = 150.0, history: list[Path] | None = None) -> int:
-    from propensity import live_demo
-    from propensity.testing import running_scorer
-    from serving.app import MAX_BATCH
+    from propensity.ops import live_demo
+    from propensity.ops.testing import running_scorer
+    from propensity.serving.app import MAX_BATCH
 
     print("[1/9] starting the local stack (redis-server, moto) ...")
     started = time.monotonic()

@@ -18,7 +18,7 @@
   (on the same port) to show what happens while Redis is away; durable (append-only file) or not.
 
 Kinesis throttling at the HTTP level, for processes that cannot take a wrapped client (the
-streaming job), is `propensity.throttling_proxy.ThrottlingProxy`.
+streaming job), is `propensity.ops.throttling_proxy.ThrottlingProxy`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from botocore.exceptions import ClientError
 
 from propensity import aws
 from propensity.events import REES46_COLUMNS
+from propensity.ops.stack import LocalStack
 from propensity.settings import Settings
-from propensity.stack import LocalStack
 
 _THROTTLED = "ProvisionedThroughputExceededException"
 
@@ -103,7 +103,7 @@ class FlakyKinesis:
 
 
 def isolated(settings: Settings, folder: Path, shards: int = 2) -> Settings:
-    import feature_repo
+    from propensity import feature_repo
 
     name = f"t{uuid.uuid4().hex[:10]}"
     fresh = with_fresh_stream(settings, shards).model_copy(update={
@@ -134,22 +134,19 @@ def load_session_features(settings: Settings, path: Path) -> int:
     """Writes the latest session and session-product features of a REES46 file's valid
     events to Redis with the streaming sink's writer and TTL; returns the sessions."""
     import pyarrow as pa
-    from feast.infra.online_stores.redis import RedisOnlineStore
 
-    import feature_repo
-    from feature_repo.definitions import feature_view
-    from feature_repo.online import write_latest
-    from propensity import events
+    from propensity import events, feature_repo
     from propensity import features as F
-    from streaming.sinks import SESSION_COLUMNS, SESSION_PRODUCT_COLUMNS
+    from propensity.feature_repo import redis_layout
+    from propensity.feature_repo.definitions import feature_view
+    from propensity.feature_repo.online import write_latest
 
     snapshots = F.snapshots(events.validate_file(path).valid, settings.session_timeout_s)
     config = feature_repo.repo_config(settings, key_ttl_s=settings.online_ttl_s)
-    store = RedisOnlineStore()
-    for view, columns in ((F.SESSION_VIEW, SESSION_COLUMNS),
-                          (F.SESSION_PRODUCT_VIEW, SESSION_PRODUCT_COLUMNS)):
+    client = redis_layout.client(config.online_store)
+    for view, columns in F.ARCHIVE_COLUMNS.items():
         table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
-        write_latest(store, config, feature_view(settings, view), table)
+        write_latest(client, config, feature_view(settings, view), table)
     return int(snapshots[F.SESSION_ID].nunique())
 
 
@@ -221,7 +218,7 @@ def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
     `cores`: the CPUs it may run on (all by default)."""
     port = port or free_port()
     return running_http_server(
-        "the scorer", [str(python), "-m", "propensity.cli", "serve", "--port", str(port),
+        "the scorer", [str(python), "-m", "propensity.serving", "--port", str(port),
                        "--workers", str(workers)], settings, port, cores=cores)
 
 
@@ -232,7 +229,7 @@ class RedisProcess:
     with a replica promoted on failover has (nearly) all of them."""
 
     def __init__(self, folder: Path, durable: bool = False) -> None:
-        from propensity.stack import redis_server_binary
+        from propensity.ops.stack import redis_server_binary
 
         self.binary = redis_server_binary()
         self.durable = durable
