@@ -7,7 +7,8 @@ definitions only, never another job or the operator's layer.
                      kinesis_shards.py
 - parse.py           the event contract applied to raw records; packed rows
 - sessionize.py      per-session state (the shared feature fold) with late-event handling
-- sinks.py           lake, feature archive, quarantine and Redis writes, by each task
+- sinks.py           each task's writes of a micro-batch, and the batch's report
+- destinations.py    lake, feature archive, quarantine and Redis, each behind write(table, part)
 - checkpoint.py      what the job keeps beside Spark's files: query tag, parallelism layout
 - metrics.py         per-batch CloudWatch metrics
 - options.py         what a run is asked to do, and the arguments that say it

@@ -1,18 +1,19 @@
 """Where one micro-batch goes, written by the tasks that hold its rows: no row passes through
 the driver. The stateful step's output is grouped by session bucket, so every entity of the
 session views (a session, a session and product) lives in exactly one partition, and each
-task decides its entities' latest rows itself. Each task writes its own partition's
+task decides its entities' latest rows itself. Each task writes its own partition's rows to
+the destinations (destinations.py, each behind `write(table, part)`):
 
-- event lake objects: valid, de-duplicated events as Parquet,
+- the event lake: valid, de-duplicated events as Parquet,
   `<events>/date=D/batch-<query>-<batch>-<partition>.parquet`;
-- feature archive objects (Feast's offline source): one snapshot per event and view,
+- the feature archive (Feast's offline source): one snapshot per event and view,
   `<features>/<view>/date=D/batch-...parquet`;
-- quarantine objects: invalid and late events with payload and reason, by arrival date;
-- Redis rows in Feast's online format, through Feast's own conversion and Redis writer: only
-  the latest snapshot per entity, which Feast skips when Redis already holds that instant or
-  later. While Redis is away (a restart, a failover) the task retries its Redis writes for up
-  to PROPENSITY_STREAM_ONLINE_RETRY_S and then goes on: Kinesis holds the backlog meanwhile,
-  and the next batches catch up. Only after that budget does the batch fail (and the job).
+- the quarantine: invalid and late events with payload and reason, by arrival date;
+- the online store: Redis rows in Feast's layout, only the latest snapshot per entity, left
+  alone when Redis already holds that instant or later. While Redis is away (a restart, a
+  failover) the task retries its Redis writes for up to PROPENSITY_STREAM_ONLINE_RETRY_S and
+  then goes on: Kinesis holds the backlog meanwhile, and the next batches catch up. Only after
+  that budget does the batch fail (and the job).
 
 and returns one small report row (counts by kind and reason, a freshness sample, Redis
 retries) to the driver, which joins them for the batch's log line and metrics.
@@ -21,6 +22,7 @@ Every write is idempotent per batch: object names depend only on the checkpoint'
 (streaming.checkpoint), the batch id, the date and the partition, and a replayed batch after a
 crash gives every partition the same rows, so it overwrites itself; a job started afresh on a
 new checkpoint (batch ids from 0 again) never overwrites the objects of the old one.
+ops/testing.py ships the destinations in memory and the stages chained without Spark.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,19 +40,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import redis
 from pyspark import TaskContext
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from propensity import aws, events, feature_repo
+from propensity import events
 from propensity import features as F
-from propensity.feature_repo import definitions, redis_layout
-from propensity.feature_repo.online import write_latest
-from propensity.lake import day_folder
 from propensity.settings import Settings
 from propensity.spark import freeze_worker_heap
 from propensity.streaming.checkpoint import Checkpoint
+from propensity.streaming.destinations import BatchPart, Destination, Destinations
 from propensity.streaming.parse import EVENT_RECORD, QUARANTINE_RECORD, unpack
 from propensity.streaming.sessionize import INVALID, LATE, OUTPUT_SCHEMA, SNAPSHOT
 
@@ -137,58 +135,46 @@ def _writer(settings: Settings) -> PartitionWriter:
     Redis connection outlive the task (Spark reuses Python workers)."""
     key = tuple(sorted(settings.to_env().items()))
     if key not in _WRITERS:
-        _WRITERS[key] = PartitionWriter(settings)
+        _WRITERS[key] = PartitionWriter(Destinations.of(settings))
     return _WRITERS[key]
 
 
 class PartitionWriter:
-    """Writes one partition's rows of a micro-batch: lake, archive, quarantine, Redis."""
+    """Writes one partition's rows of a micro-batch to its destinations (destinations.py):
+    lake, archive, quarantine, online store; side by side, as they are independent I/O."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._fs: Any = None
-        self._repo_config: Any = None
-        self._views = {name: definitions.feature_view(settings, name)
-                       for name in (F.SESSION_VIEW, F.SESSION_PRODUCT_VIEW)}
-        self._online: Any = None
+    def __init__(self, destinations: Destinations) -> None:
+        self.destinations = destinations
         self._pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="sink")
 
     def write(self, table: pa.Table, batch_id: int, partition: int = 0,
               tag: str = "") -> BatchReport:
         started = time.monotonic()
         report = BatchReport(batch_id, tasks=1)
-        name = f"batch-{tag}{batch_id:012d}-{partition:05d}.parquet"
+        part = BatchPart(batch_id, partition, tag)
         kinds = table.column("kind")
         snapshots = snapshot_table(table.filter(pc.equal(kinds, SNAPSHOT)))
         quarantine = quarantine_table(table.filter(pc.equal(kinds, INVALID)),
                                       table.filter(pc.equal(kinds, LATE)))
-        # The writes are independent I/O (S3, Redis): run them side by side.
-        writes: list[Callable[[], Any]] = []
-        online_writes: list[Callable[[], int]] = []
+        to = self.destinations
+        writes: list[Destination] = []
+        online: list[Destination] = []
         if snapshots.num_rows:
-            lake_rows = snapshots.select(events.LAKE_SCHEMA.names)
-            writes.append(partial(self._write_parquet, self.settings.events_uri, lake_rows,
-                                  "event_time", name))
-            for view, columns in F.ARCHIVE_COLUMNS.items():
-                writes.append(partial(self._write_parquet,
-                                      definitions.archive_path(self.settings, view),
-                                      snapshots.select(list(columns)), F.EVENT_TIMESTAMP, name))
-            online_writes = [partial(
-                retry_while_unavailable,
-                partial(write_latest, self.online, self.repo_config, view, snapshots),
-                self.settings.stream_online_retry_s, report, view.name)
-                for view in self._views.values()]
+            writes = [to.lake, *to.archive.values()]
+            online = list(to.online.values())
             report.events = snapshots.num_rows
             report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
+        pending = [(self._pool.submit(d.write, snapshots, part), d in online)
+                   for d in (*online, *writes)]
         if quarantine.num_rows:
-            writes.append(partial(self._write_parquet, self.settings.quarantine_uri, quarantine,
-                                  "arrival_time", name))
+            pending.append((self._pool.submit(to.quarantine.write, quarantine, part), False))
             reasons = pc.value_counts(quarantine.column(events.REASON)).to_pylist()
             report.quarantined = {r["values"]: r["counts"] for r in reasons}
-        online = [self._pool.submit(write) for write in online_writes]
-        for future in [self._pool.submit(write) for write in writes]:
-            future.result()
-        report.online_rows = sum(future.result() for future in online)
+        for future, is_online in pending:
+            written = future.result()
+            if is_online:
+                report.online_rows += written.rows
+                report.online_retries += written.retries
         if snapshots.num_rows:
             arrivals = pc.cast(snapshots.column("arrival_time"), pa.int64()).to_numpy() / 1e6
             freshness = time.time() - arrivals
@@ -197,32 +183,6 @@ class PartitionWriter:
                 report.freshness_s)
         report.write_s = time.monotonic() - started
         return report
-
-    @property
-    def fs(self) -> Any:
-        if self._fs is None:
-            self._fs = aws.s3_filesystem(self.settings)
-        return self._fs
-
-    def _write_parquet(self, uri: str, table: pa.Table, date_column: str, name: str) -> None:
-        dates = pc.strftime(table.column(date_column), format="%Y-%m-%d")
-        for date in pc.unique(dates).to_pylist():
-            part = table.filter(pc.equal(dates, date))
-            pq.write_table(part, day_folder(aws.s3_key(uri), date) + name, filesystem=self.fs)
-
-    @property
-    def online(self) -> Any:
-        """The Redis client of this worker's writes (kept: it holds the connection)."""
-        if self._online is None:
-            self._online = redis_layout.client(self.repo_config.online_store)
-        return self._online
-
-    @property
-    def repo_config(self) -> Any:
-        if self._repo_config is None:
-            self._repo_config = feature_repo.repo_config(
-                self.settings, key_ttl_s=self.settings.online_ttl_s)
-        return self._repo_config
 
 
 # -- the reports -----------------------------------------------------------------------------
@@ -271,32 +231,6 @@ def weighted_quantile(values: list[float], weights: list[float], q: float) -> fl
     cumulative = np.cumsum(np.asarray(weights, dtype=float)[order])
     at = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
     return float(np.asarray(values)[order][min(at, len(values) - 1)])
-
-
-# What a Redis restart or failover looks like to a client: refused or reset connections,
-# timeouts, "LOADING" while the dataset is read back, "READONLY" from a demoted primary.
-REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-                     redis.ReadOnlyError)
-REDIS_RETRY_LOG = "Redis unavailable writing"  # each retry's log line (the chaos suite counts)
-
-
-def retry_while_unavailable(write: Callable[[], int], budget_s: float, report: BatchReport,
-                            what: str, sleep: Callable[[float], None] = time.sleep,
-                            clock: Callable[[], float] = time.monotonic) -> int:
-    """`write()`, repeated with backoff while Redis is unavailable, for up to `budget_s`.
-    Safe because online writes are idempotent (Feast skips rows it already holds)."""
-    deadline = clock() + budget_s
-    delays = aws.backoff_delays(base=0.1, cap=2.0)
-    while True:
-        try:
-            return write()
-        except REDIS_UNAVAILABLE as exc:
-            if clock() >= deadline:
-                raise
-            report.online_retries += 1
-            log.warning("batch %d: %s %s (%s); retrying", report.batch_id, REDIS_RETRY_LOG,
-                        what, exc)
-            sleep(next(delays))
 
 
 def snapshot_table(rows: pa.Table) -> pa.Table:

@@ -34,7 +34,7 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
     from propensity.feature_repo import redis_layout
     from propensity.feature_repo.online import write_latest
     from propensity.ops.testing import RedisProcess
-    from propensity.streaming.sinks import BatchReport, retry_while_unavailable
+    from propensity.streaming.destinations import retry_while_unavailable
 
     server = RedisProcess(tmp_path / "redis")
     server.start()
@@ -50,14 +50,13 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
         server.stop()
         restart = threading.Timer(3.0, server.start)
         restart.start()
-        report = BatchReport(batch_id=7)
         written = retry_while_unavailable(
-            lambda: write_latest(client, config, view, table), 60, report, view.name)
+            lambda: write_latest(client, config, view, table), 60, 7, view.name)
         restart.join()
-        assert written == snapshots[F.SESSION_ID].nunique()
-        assert report.online_retries > 0
+        assert written.rows == snapshots[F.SESSION_ID].nunique()
+        assert written.retries > 0
         stored = feature_repo.redis_client(settings).dbsize()
-        assert stored == written
+        assert stored == written.rows
     finally:
         server.stop()
 
@@ -65,7 +64,7 @@ def test_redis_writes_are_retried_until_redis_is_back(tmp_path) -> None:
 def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
     import redis
 
-    from propensity.streaming.sinks import BatchReport, retry_while_unavailable
+    from propensity.streaming.destinations import retry_while_unavailable
 
     clock = iter(range(100))
     calls = []
@@ -75,7 +74,7 @@ def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
         raise redis.ConnectionError("refused")
 
     with pytest.raises(redis.ConnectionError):
-        retry_while_unavailable(write, 5, BatchReport(1), "view", sleep=lambda s: None,
+        retry_while_unavailable(write, 5, 1, "view", sleep=lambda s: None,
                                 clock=lambda: next(clock))
     assert len(calls) == 5  # the deadline is 0 + 5; failures seen at 1..4 retry, at 5 raise
 
@@ -85,7 +84,7 @@ def test_redis_writes_fail_the_batch_after_the_retry_budget() -> None:
 
     calls.clear()
     with pytest.raises(redis.ResponseError):
-        retry_while_unavailable(broken, 5, BatchReport(1), "view", sleep=lambda s: None)
+        retry_while_unavailable(broken, 5, 1, "view", sleep=lambda s: None)
     assert len(calls) == 1
 
 
@@ -151,3 +150,52 @@ def test_utc_times_equal_pandas_conversion_with_unknowns_as_nat() -> None:
     assert F.utc_times(floats).isna().tolist() == [False, True]
     assert F.utc_times(floats)[0] == pd.Timestamp("2019-10-01", tz="UTC")
     assert len(F.utc_times([])) == 0
+
+
+def _payloads() -> tuple[pd.DataFrame, list[bytes]]:
+    valid = events.validate_file(COSMETICS).valid
+    return valid, events.to_json(valid)
+
+
+def test_the_stages_without_spark_write_what_the_fold_gives_once() -> None:
+    """The contract stage, the fold and the sink chained in memory (ops/testing.py): the lake
+    holds every valid event once, the archive a snapshot per event equal to the fold over the
+    file, the online views each entity's latest snapshot; a malformed event lands in the
+    quarantine; a micro-batch written again leaves every destination as it was."""
+    from propensity.ops.testing import StagesInMemory, kinesis_rows
+
+    settings = Settings()
+    valid, payloads = _payloads()
+    thirds = np.array_split(np.arange(len(payloads)), 3)
+    stages = StagesInMemory(settings)
+    raws = [kinesis_rows([payloads[i] for i in part], 20, first_sequence=int(part[0]))
+            for part in thirds]
+    raws[1] = pa.concat_batches([raws[1], kinesis_rows([b'{"event_type": "view"'], 1,
+                                                       first_sequence=10**9)])
+    reports = [stages.run(raw, batch_id) for batch_id, raw in enumerate(raws)]
+    to = stages.destinations
+
+    lake = to.lake.table()  # the file repeats some events: each is there once
+    assert sorted(lake.column("event_id").to_pylist()) == sorted(set(valid["event_id"]))
+    assert sum(r.events for r in reports) == valid["event_id"].nunique()
+    assert [r.quarantined for r in reports] == [{}, {"malformed": 1}, {}]
+    assert to.quarantine.table().column(events.REASON).to_pylist() == ["malformed"]
+
+    expected = F.snapshots(valid).set_index("event_id").sort_index()
+    archived = to.archive[F.SESSION_VIEW].table().to_pandas().set_index("event_id")
+    archived = archived.sort_index()
+    assert list(archived.index) == list(expected.index)
+    for name in ("event_count", "view_count", "add_to_cart_count"):
+        assert archived[name].tolist() == expected[name].tolist(), name
+
+    last = expected.sort_values(F.EVENT_TIMESTAMP, kind="stable").groupby(F.SESSION_ID).tail(1)
+    online = to.online[F.SESSION_VIEW].rows
+    assert len(online) == last[F.SESSION_ID].nunique()
+    for row in last.itertuples():
+        assert online[(row.session_id,)]["event_count"] == row.event_count
+
+    before = ({k: v.num_rows for k, v in to.lake.objects.items()},
+              dict(to.online[F.SESSION_VIEW].rows))
+    stages.writer.write(stages.last_output, 2)  # the last batch again, as after a crash
+    assert ({k: v.num_rows for k, v in to.lake.objects.items()},
+            dict(to.online[F.SESSION_VIEW].rows)) == before

@@ -32,7 +32,7 @@ from propensity.ops.testing import (
 )
 from propensity.ops.throttling_proxy import ThrottlingProxy
 from propensity.settings import Settings
-from propensity.streaming.sinks import REDIS_RETRY_LOG
+from propensity.streaming.destinations import REDIS_RETRY_LOG
 
 
 def committed_batches(checkpoint_dir: str) -> int:

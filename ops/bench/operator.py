@@ -39,6 +39,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from pyspark.sql.streaming.state import GroupState
 from pyspark.sql.types import BinaryType, LongType, StructField, StructType
 
+from propensity.ops.testing import MemorySessionStore
 from propensity.spark import spark_session
 from propensity.streaming import sessionize as S
 from propensity.streaming.kinesis_options import RAW_SCHEMA
@@ -80,26 +81,6 @@ def write_input(folder: Path, batches: int, events: int, sessions: int) -> None:
                        folder / f"batch-{batch:04d}.parquet")
 
 
-class DictStore:
-    """A bucket's sessions as a dict, with the MapState calls the fold makes."""
-
-    def __init__(self, sessions: dict[str, list]) -> None:
-        self.sessions = sessions
-
-    def getValue(self, key: tuple) -> tuple | None:
-        value = self.sessions.get(key[0])
-        return None if value is None else (value[0], value[1].encode())
-
-    def updateValue(self, key: tuple, value: tuple) -> None:
-        self.sessions[key[0]] = [value[0], value[1].decode()]
-
-    def iterator(self) -> Iterator[tuple[tuple, tuple]]:
-        return (((k,), (v[0],)) for k, v in list(self.sessions.items()))
-
-    def removeKey(self, key: tuple) -> None:
-        del self.sessions[key[0]]
-
-
 _BUCKET_STATE = StructType([StructField("frontier_us", LongType()),
                             StructField("last_scan_us", LongType()),
                             StructField("sessions", BinaryType())])
@@ -110,7 +91,7 @@ def _in_band(key: tuple, frames: Iterator[pd.DataFrame], state: GroupState
     """applyInPandasWithState's function: the bucket's sessions travel in its state value."""
     frontier_us, last_scan_us, blob = state.get if state.exists else (0, 0, b"{}")
     frontier_us, last_scan_us = int(frontier_us), int(last_scan_us)  # 4.0 returns floats
-    store = DictStore(orjson.loads(blob))
+    store = MemorySessionStore(orjson.loads(blob))
     pairs = ((s, r) for frame in frames
              for s, r in zip(frame["user_session"], frame["record"], strict=True))
     out, clock = S.sessionize_bucket(CONFIG, int(key[0]), pairs, store,
