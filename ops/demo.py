@@ -33,6 +33,7 @@ from propensity import features as F
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
 from propensity.ops.replay import send_events
 from propensity.ops.stack import LocalStack
+from propensity.samples import SHIPPED_MODEL
 from propensity.settings import Settings
 
 EVENTS_PER_RECORD = 10  # moto takes ~2k records/s; packing keeps the demo quick
@@ -55,9 +56,6 @@ def _mismatched_rows(got: pd.DataFrame, want: pd.DataFrame) -> int:
         else:
             same &= (left.isna() & right.isna()) | (left.astype(object) == right.astype(object))
     return int((~same).sum())
-
-
-SHIPPED_MODEL = Path(__file__).parent / "data" / "model"
 
 
 def register_shipped_model(settings: Settings) -> str:

@@ -16,3 +16,6 @@ MULTICAT_SAMPLE = DATA_DIR / "multicat-2019-10-01-head.csv.gz"
 # The cosmetics shop's first hours of October 2019 (training) and November 2019 (held out).
 COSMETICS_OCTOBER = DATA_DIR / "cosmetics-2019-10.csv.gz"
 COSMETICS_NOVEMBER = DATA_DIR / "cosmetics-2019-11.csv.gz"
+# The model shipped in the wheel (trained on COSMETICS_OCTOBER, validated on November): the
+# demo's and the chaos suite's champion.
+SHIPPED_MODEL = DATA_DIR / "model"

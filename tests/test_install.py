@@ -51,8 +51,9 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def scorer_image(folder: Path, python: Path) -> Path:
     """Dockerfile.scorer's layout of the code in `folder` (its COPY lines of the code, as
-    docker runs them), and an interpreter that runs it as the image does: PYTHONPATH first,
-    so the image's copy is the package, whatever else the environment holds."""
+    docker runs them), and an interpreter that runs it as the image does: in the image's
+    WORKDIR, with its PYTHONPATH, so the image's copy is the package whatever else the
+    environment holds."""
     app = folder / "app"
     for line in (ROOT / "Dockerfile.scorer").read_text().splitlines():
         if line.startswith("COPY ") and not line.endswith(" ./"):
@@ -60,7 +61,7 @@ def scorer_image(folder: Path, python: Path) -> Path:
             shutil.copytree(ROOT / source, app / target,
                             ignore=shutil.ignore_patterns("__pycache__"))
     wrapper = folder / "python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={app} exec {python} "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\ncd {app} && PYTHONPATH={app} exec {python} "$@"\n')
     wrapper.chmod(0o755)
     return wrapper
 
