@@ -222,7 +222,7 @@ def run_demo(settings: Settings, file: Path, keep_running: bool = False, speed: 
              duration_s: float = 150.0, history: list[Path] | None = None) -> int:
     from propensity.ops import live_demo
     from propensity.ops.testing import running_scorer
-    from propensity.serving.app import MAX_BATCH
+    from propensity.serving import MAX_BATCH
 
     print("[1/9] starting the local stack (redis-server, moto) ...")
     started = time.monotonic()

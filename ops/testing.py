@@ -210,6 +210,9 @@ def running_http_server(name: str, argv: list[str], settings: Settings, port: in
             process.wait()
 
 
+SCORER_MODULE = "propensity.serving"  # `python -m` it: the scorer's process, as in its image
+
+
 def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
                    python: str | Path = sys.executable, cores: Collection[int] | None = None
                    ) -> contextlib.AbstractContextManager[str]:
@@ -218,7 +221,7 @@ def running_scorer(settings: Settings, port: int | None = None, workers: int = 1
     `cores`: the CPUs it may run on (all by default)."""
     port = port or free_port()
     return running_http_server(
-        "the scorer", [str(python), "-m", "propensity.serving", "--port", str(port),
+        "the scorer", [str(python), "-m", SCORER_MODULE, "--port", str(port),
                        "--workers", str(workers)], settings, port, cores=cores)
 
 

@@ -15,3 +15,6 @@ it imports the core and Feast's definitions only, and its image carries nothing 
 # The shop's p99 budget for one propensity call, end to end; tests and the chaos suite hold
 # every answer to it (the scorer aims far lower, see README).
 LATENCY_BUDGET_MS = 100.0
+# The most requests one call of /v1/propensity/batch may carry (the API's contract; the
+# demo's shop backend batches by it).
+MAX_BATCH = 100

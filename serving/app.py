@@ -40,7 +40,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from propensity import aws, model_store, rollout
 from propensity.model import PropensityModel
 from propensity.rollout import CHALLENGER, CHAMPION, SHADOW, Challenger
-from propensity.serving import LATENCY_BUDGET_MS, scoring
+from propensity.serving import LATENCY_BUDGET_MS, MAX_BATCH, scoring
 from propensity.serving.limit import AdaptiveLimit, LimitChange
 from propensity.serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
 from propensity.serving.prediction_log import LogMetrics, Prediction, PredictionLog, new_request_id
@@ -48,7 +48,6 @@ from propensity.settings import Settings
 
 log = logging.getLogger("propensity.serving")
 
-MAX_BATCH = 100
 # The concurrency limit never falls below this (unless the maximum is lower): a few requests
 # in progress keep the CPU busy while others wait for Redis.
 MIN_IN_PROGRESS = 4

@@ -38,6 +38,7 @@ from propensity.ops.bench.verdicts import (
 )
 from propensity.ops.live_demo import stop_stream_job
 from propensity.ops.testing import (
+    SCORER_MODULE,
     free_port,
     isolated,
     running_scorer,
@@ -153,7 +154,7 @@ def _job_part(process: psutil.Process) -> str:
 
 def _child_serving_on(port: int) -> psutil.Process:
     for child in psutil.Process().children():
-        if "serve" in child.cmdline() and str(port) in child.cmdline():
+        if SCORER_MODULE in child.cmdline() and str(port) in child.cmdline():
             return child
     raise RuntimeError(f"no scorer process of ours serves port {port}")
 
