@@ -110,7 +110,7 @@ resource "aws_ecs_task_definition" "scorer" {
     essential              = true
     readonlyRootFilesystem = true
     user                   = "10001"
-    command                = ["propensity", "serve", "--host", "0.0.0.0", "--port", tostring(local.scorer_port)]
+    command                = ["python", "-m", "propensity.serving", "--host", "0.0.0.0", "--port", tostring(local.scorer_port)]
     portMappings           = [{ containerPort = local.scorer_port, protocol = "tcp" }]
     environment            = [for k, v in local.scorer_settings : { name = k, value = v }]
     secrets                = [{ name = "PROPENSITY_REDIS", valueFrom = aws_secretsmanager_secret.redis.arn }]

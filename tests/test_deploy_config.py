@@ -168,6 +168,13 @@ def test_the_scorer_image_has_no_java_and_serves() -> None:
     text = (ROOT / "Dockerfile.scorer").read_text()
     assert "openjdk" not in text and "HEALTHCHECK" in text
     assert '["python", "-m", "propensity.serving", "--host", "0.0.0.0", "--port", "8000"]' in text
+    # ECS runs the image's own command (the image has no `propensity` CLI), on its port.
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", text, re.MULTILINE)
+    task = re.search(r"^\s*command\s*=\s*\[(.*)\]$", (ROOT / "terraform" / "scorer.tf").read_text(),
+                     re.MULTILINE)
+    assert task, "terraform/scorer.tf: no container command"
+    parts = [part.strip().strip('"') for part in task.group(1).split(",")]
+    assert parts[:-1] == json.loads(cmd)[:-1] and parts[-1] == "tostring(local.scorer_port)"
 
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
