@@ -10,6 +10,12 @@ import argparse
 from propensity.commandline import PORT, POSITIVE_INT
 from propensity.settings import Settings
 
+# How long the scorer keeps an idle connection open: longer than its clients keep one (the ALB's
+# idle timeout, 60 s, terraform/scorer.tf; httpx's 5 s), so a client never sends a request on a
+# connection the scorer is closing at that moment (uvicorn's default, 5 s, raced httpx's 5 s:
+# the chaos soak saw those requests fail beside a CPU hog, and behind an ALB they are 502s).
+KEEP_ALIVE_S = 65
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
@@ -24,7 +30,8 @@ def serve(host: str, port: int, workers: int = 1) -> int:
     Settings()  # fail here, with the setting's name, rather than in each worker
     uvicorn.run("propensity.serving.app:app_from_environment", factory=True, host=host,
                 port=port, workers=workers, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5,
+                timeout_keep_alive=KEEP_ALIVE_S)
     return 0
 
 

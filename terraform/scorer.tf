@@ -133,6 +133,7 @@ resource "aws_lb" "scorer" {
   security_groups            = [aws_security_group.scorer_lb.id]
   drop_invalid_header_fields = true
   enable_deletion_protection = true
+  idle_timeout               = 60 # below the scorer's keep-alive (serving/server.py: KEEP_ALIVE_S)
   access_logs {
     bucket  = aws_s3_bucket.data["artifacts"].bucket
     prefix  = "alb-logs"

@@ -175,6 +175,12 @@ def test_the_scorer_image_has_no_java_and_serves() -> None:
     assert task, "terraform/scorer.tf: no container command"
     parts = [part.strip().strip('"') for part in task.group(1).split(",")]
     assert parts[:-1] == json.loads(cmd)[:-1] and parts[-1] == "tostring(local.scorer_port)"
+    # The load balancer drops an idle connection before the scorer does (else: 502s).
+    from propensity.serving.server import KEEP_ALIVE_S
+
+    (balancer,) = [body for kind, block in _blocks("resource") if kind == "aws_lb"
+                   for name, body in block.items() if name.strip('"') == "scorer"]
+    assert balancer["idle_timeout"] < KEEP_ALIVE_S
 
 
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"

@@ -160,25 +160,28 @@ def _child_serving_on(port: int) -> psutil.Process:
 
 
 async def _live_requests(url: str, samples: Any, seconds: float, rate: float,
-                         on_tick: Any, producer_said: list) -> list[tuple[int, float]]:
+                         on_tick: Any, producer_said: list
+                         ) -> list[tuple[int, float, str | None]]:
     """Scoring requests at `rate` for sessions the producer has just sent events of (from its
-    samples queue; its other messages go to `producer_said`): (status, latency ms) each.
+    samples queue; its other messages go to `producer_said`): (status, latency ms, the
+    client's error when there was no answer) each.
     `on_tick(elapsed s)` runs between requests."""
     recent: collections.deque[str] = collections.deque(maxlen=5000)
     rng = random.Random(0)
-    out: list[tuple[int, float]] = []
+    out: list[tuple[int, float, str | None]] = []
     # The soak judges that every request is answered, not how fast (the latency scenarios
     # judge that, alone): the memory samples between requests stall this loop for a moment,
     # and beside make test's other lane a request here once went past a 2 s timeout.
     async with httpx.AsyncClient(timeout=SOAK_ANSWER_TIMEOUT_S) as client:
         async def one(session: str) -> None:
             started = time.monotonic()
+            status, error = 0, None
             try:
                 status = (await client.post(f"{url}/v1/propensity",
                                             json={"session_id": session})).status_code
-            except httpx.HTTPError:
-                status = 0
-            out.append((status, (time.monotonic() - started) * 1000))
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            out.append((status, (time.monotonic() - started) * 1000, error))
 
         tasks = []
         start = time.monotonic()
@@ -252,22 +255,25 @@ def soak(settings: Settings, shape: Path, folder: Path, seconds: float, event_ra
                                            floors[1] - floors[0] if floors else 0.0)
     # A steady load may be shed for a moment (429), when a stall of the shared machine
     # brings its requests in a burst (as in the overload's recovery), never failed.
-    shed = sum(status == 429 for status, _ in answers)
-    errors = sum(status not in (200, 429) for status, _ in answers)
-    latencies = sorted(ms for _, ms in answers)
+    shed = sum(status == 429 for status, _, _ in answers)
+    errors = collections.Counter(error or str(status) for status, _, error in answers
+                                 if status not in (200, 429))
+    latencies = sorted(ms for _, ms, _ in answers)
     figures = {
         "seconds": seconds, "events sent (generated)": sent, "lost": sent - in_lake,
-        "requests": len(answers), "shed (429)": shed, "errors": errors,
+        "requests": len(answers), "shed (429)": shed, "errors": sum(errors.values()),
         "p99 ms": round(latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
         "scorer MB": scorer_memory, "job MB": job_memory,
         "job live heap MB": (f"{floors[0]:.0f} -> {floors[1]:.0f} (least of "
                              + ", ".join(f"{mb:.0f}" for _, mb in live_heap) + ")")
                             if floors else "not measured (no jcmd)",
     }
+    if errors:
+        figures["errors by kind"] = dict(errors)
     _write_trace(trace, log.with_suffix(".memory.csv"))
     settled = scorer_growth < SOAK_MAX_GROWTH_PCT and job_growth < SOAK_MAX_GROWTH_PCT
     figures["memory judged"] = judge_memory
-    return Outcome("soak", alive and sent > 0 and in_lake == sent and errors == 0 and
+    return Outcome("soak", alive and sent > 0 and in_lake == sent and not errors and
                    shed <= RECOVERED_SHED_SHARE * len(answers) and (settled or not judge_memory),
                    figures)
 
