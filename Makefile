@@ -79,8 +79,9 @@ test-emr: $(EMR_STAMP)
 # The deployable artefacts in dist/: the wheel, and in dist/emr what the EMR bootstrap and
 # steps read from the artifacts bucket (aws s3 sync dist/emr <terraform output artifacts_uri>).
 # Images: docker build -f Dockerfile.scorer -t <ecr repository>:<tag> .
+# build/ goes too: setuptools packs whatever an earlier build left there (files since moved).
 package: $(STAMP)
-	rm -rf dist && mkdir -p dist/emr
+	rm -rf dist build && mkdir -p dist/emr
 	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w dist/emr .
 	cp constraints.txt deploy/emr/bootstrap.sh deploy/emr/run-step.sh dist/emr/
 	$(BIN)/python deploy/emr/requirements.py > dist/emr/requirements.txt

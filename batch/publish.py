@@ -16,7 +16,7 @@ from propensity import aws, feature_repo
 from propensity.batch.aggregates import DAY, day_number
 from propensity.feature_repo import definitions, redis_layout
 from propensity.feature_repo.online import write_latest
-from propensity.lake import day_folder
+from propensity.lake import archive_uri, day_folder
 from propensity.settings import Settings
 
 SNAPSHOT_OBJECT = "snapshot.parquet"
@@ -24,7 +24,7 @@ SNAPSHOT_OBJECT = "snapshot.parquet"
 
 def day_object(settings: Settings, view: str, day: date) -> str:
     """The one object holding a view's rows as of the end of `day` (rewritten by each run)."""
-    return day_folder(aws.s3_key(definitions.archive_path(settings, view)), day) + SNAPSHOT_OBJECT
+    return day_folder(aws.s3_key(archive_uri(settings, view)), day) + SNAPSHOT_OBJECT
 
 
 def write_offline(settings: Settings, view: str, rows: pa.Table, days: list[date]) -> int:

@@ -14,6 +14,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Bool, FeastType, Float64, Int64, String, UnixTimestamp
 
 from propensity import features as F
+from propensity.lake import archive_uri
 from propensity.settings import Settings
 
 FEAST_TYPES: dict[str, FeastType] = {
@@ -35,13 +36,8 @@ def _schema(specs: tuple[F.Feature, ...]) -> list[Field]:
             for f in specs]
 
 
-def archive_path(settings: Settings, view: str) -> str:
-    """Where one view's offline rows live (Parquet, partitioned by date)."""
-    return f"{settings.features_uri.rstrip('/')}/{view}"
-
-
 def _source(settings: Settings, view: str, path: str | None = None) -> FileSource:
-    return FileSource(name=f"{view}_archive", path=path or archive_path(settings, view),
+    return FileSource(name=f"{view}_archive", path=path or archive_uri(settings, view),
                       timestamp_field=F.EVENT_TIMESTAMP,
                       s3_endpoint_override=settings.aws_endpoint_url)
 

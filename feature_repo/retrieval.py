@@ -8,8 +8,9 @@ through `historical_features`:
 Retrieving each view for the distinct (join keys, timestamp) pairs and merging the result
 back onto every row keeps them all, with nulls where a view has nothing as of that time.
 Also, with more than one partition dask cannot sort a joined frame that holds a null
-timestamp (an entity without any row), so each source is read as one partition (the one touch
-of Feast's internals, in feast_internals.py).
+timestamp (an entity without any row), so each source is read as one partition, and through
+propensity/lake.py, so that a compacted day is read once (the one touch of Feast's internals,
+in feast_internals.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from feast import FeatureStore
 from propensity import features as F
 from propensity.feature_repo import aws_environment
 from propensity.feature_repo.definitions import join_keys
-from propensity.feature_repo.feast_internals import one_partition_sources
+from propensity.feature_repo.feast_internals import lake_reader
 from propensity.settings import Settings
 
 
@@ -34,7 +35,7 @@ def historical_features(store: FeatureStore, settings: Settings, points: pd.Data
     if views is None:
         service = store.get_feature_service(F.MODEL_SERVICE)
         views = [projection.name for projection in service.feature_view_projections]
-    with one_partition_sources(), aws_environment(settings):
+    with lake_reader(settings), aws_environment(settings):
         for name in views:
             view = store.get_feature_view(name)
             keys = [*join_keys(view), F.EVENT_TIMESTAMP]

@@ -143,16 +143,3 @@ def parquet_bytes(table: Any) -> bytes:
     out = io.BytesIO()
     pq.write_table(table, out, compression="zstd")
     return out.getvalue()
-
-
-def read_parquet(settings: Settings, uri: str) -> Any:
-    """A Parquet dataset on S3 (hive-partitioned, as the jobs write it) as an Arrow table;
-    None when nothing is there yet."""
-    import pyarrow.dataset as ds
-
-    filesystem = s3_filesystem(settings)
-    path = s3_key(uri)
-    if filesystem.get_file_info(path).type.name == "NotFound":
-        return None
-    return ds.dataset(path, filesystem=filesystem, format="parquet",
-                      partitioning="hive").to_table()

@@ -13,9 +13,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
+ANSWERED_AT = "answered_at"  # the moment answered: what dates an object
 LOG_SCHEMA = pa.schema([
     ("request_id", pa.string()),
-    ("answered_at", TIMESTAMP),
+    (ANSWERED_AT, TIMESTAMP),
     ("as_of", TIMESTAMP),
     ("session_id", pa.string()),
     ("user_id", pa.int64()),

@@ -8,11 +8,18 @@ uses the instance or task role.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Days each dataset keeps (0: forever), shared with terraform's S3 lifecycle rules.
+RETENTION_DAYS: dict[str, int] = {
+    name: days for name, days in json.loads(
+        (Path(__file__).with_name("retention_days.json")).read_text()).items()
+    if not name.startswith("_")}
 
 
 class Settings(BaseSettings):
@@ -94,6 +101,21 @@ class Settings(BaseSettings):
     prediction_log_batch_rows: int = Field(20_000, ge=1,
                                            alias="PROPENSITY_PREDICTION_LOG_BATCH_ROWS")
     prediction_log_flush_s: float = Field(10, gt=0, alias="PROPENSITY_PREDICTION_LOG_FLUSH_S")
+
+    # Compaction (propensity/compaction.py): a closed day's small objects are rewritten into
+    # files of about this size (S3 and Parquet readers work best from about 128 MB).
+    compaction_target_mb: int = Field(128, ge=1, alias="PROPENSITY_COMPACTION_TARGET_MB")
+    # Retention (propensity/retention.py): days a dataset keeps a day's objects, counted from
+    # the end of the day; 0 keeps them forever. On AWS the S3 lifecycle rules expire them
+    # (terraform reads the same defaults); `propensity retention` applies them anywhere.
+    lake_retention_days: int = Field(RETENTION_DAYS["lake"], ge=0,
+                                     alias="PROPENSITY_LAKE_RETENTION_DAYS")
+    archive_retention_days: int = Field(RETENTION_DAYS["archive"], ge=0,
+                                        alias="PROPENSITY_ARCHIVE_RETENTION_DAYS")
+    quarantine_retention_days: int = Field(RETENTION_DAYS["quarantine"], ge=0,
+                                           alias="PROPENSITY_QUARANTINE_RETENTION_DAYS")
+    predictions_retention_days: int = Field(RETENTION_DAYS["predictions"], ge=0,
+                                            alias="PROPENSITY_PREDICTIONS_RETENTION_DAYS")
 
     # The share of the shoppers a retrained model answers for as the challenger (canary).
     retrain_canary_share: float = Field(0.05, gt=0, lt=1,

@@ -28,7 +28,7 @@ from propensity import aws, events, feature_repo
 from propensity import features as F
 from propensity.feature_repo import definitions, redis_layout
 from propensity.feature_repo.online import write_latest
-from propensity.lake import day_folder
+from propensity.lake import archive_uri, day_folder
 from propensity.settings import Settings
 
 log = logging.getLogger("propensity.stream")
@@ -147,7 +147,7 @@ class Destinations:
         return cls(
             lake=DatedParquet(settings, settings.events_uri, "event_time",
                               tuple(events.LAKE_SCHEMA.names)),
-            archive={view: DatedParquet(settings, definitions.archive_path(settings, view),
+            archive={view: DatedParquet(settings, archive_uri(settings, view),
                                         F.EVENT_TIMESTAMP, columns)
                      for view, columns in F.ARCHIVE_COLUMNS.items()},
             quarantine=DatedParquet(settings, settings.quarantine_uri, events.ARRIVAL_TIME),

@@ -14,14 +14,14 @@ import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
 
-from propensity import aws, events, feature_repo
+from propensity import events, feature_repo
 from propensity import features as F
 from propensity.batch import aggregates, checks
 from propensity.batch.errors import BatchError
 from propensity.batch.job import BatchSummary, day_range, run
 from propensity.batch.request import BatchRun
-from propensity.feature_repo.definitions import archive_path
 from propensity.feature_repo.retrieval import historical_features
+from propensity.lake import archive_uri, read_table
 from propensity.ops.testing import isolated, write_csv
 from propensity.samples import COSMETICS_OCTOBER
 from propensity.settings import Settings
@@ -55,7 +55,7 @@ def distinct_events(path: Path) -> pd.DataFrame:
 
 
 def offline_as_of(settings: Settings, view: str, key: str, day: date) -> pd.DataFrame:
-    rows = aws.read_parquet(settings, archive_path(settings, view)).to_pandas()
+    rows = read_table(settings, archive_uri(settings, view)).to_pandas()
     rows = rows[rows[F.EVENT_TIMESTAMP] <= batch_oracle.snapshot_time(day)]
     return rows.sort_values(F.EVENT_TIMESTAMP).drop_duplicates(key, keep="last").set_index(key)
 
@@ -80,7 +80,7 @@ def test_import_accounts_for_every_row(october: tuple[Settings, BatchSummary]) -
     (imported,) = summary.imports
     assert imported.read == imported.valid + sum(imported.invalid.values())
     assert imported.duplicates > 0  # the raw data repeats events
-    lake = aws.read_parquet(settings, settings.events_uri).to_pandas()
+    lake = read_table(settings, settings.events_uri).to_pandas()
     assert len(lake) == imported.written == lake["event_id"].nunique()
     assert imported.days == ["2019-10-01", "2019-10-31"]
     assert (summary.first_day, summary.last_day) == ("2019-10-01", "2019-10-31")
@@ -145,7 +145,7 @@ def test_rerun_rewrites_the_same_rows(october: tuple[Settings, BatchSummary],
     again = run(settings, batch_args(COSMETICS_OCTOBER), spark)
     assert again.rows == first.rows and again.online == first.online
     assert again.imports[0].written == first.imports[0].written
-    lake = aws.read_parquet(settings, settings.events_uri)
+    lake = read_table(settings, settings.events_uri)
     assert lake.num_rows == first.imports[0].written  # the import overwrote itself
 
 
@@ -168,7 +168,7 @@ def test_validation_gate_blocks_bad_data_and_publishes_nothing(
         run(settings, batch_args(sample), spark)
     assert f"{F.VIEW_COUNT_30D.name} < 0" in str(failed.value)
     assert "nothing was published" in str(failed.value)
-    assert aws.read_parquet(settings, settings.features_uri) is None
+    assert read_table(settings, settings.features_uri) is None
     assert feature_repo.redis_client(settings).dbsize() == 0
 
 

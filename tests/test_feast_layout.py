@@ -78,6 +78,6 @@ def test_the_dask_reader_we_wrap_is_still_there() -> None:
     from feast.infra.offline_stores import dask as feast_dask
 
     original = getattr(feast_dask, feast_internals.DASK_READER)
-    with feast_internals.one_partition_sources():
+    with feast_internals.lake_reader(Settings()):
         assert getattr(feast_dask, feast_internals.DASK_READER) is not original
     assert getattr(feast_dask, feast_internals.DASK_READER) is original

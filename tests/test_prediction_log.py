@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
-from propensity import aws, model_store
+from propensity import model_store
+from propensity.lake import read_table
 from propensity.ops.demo import register_shipped_model
 from propensity.ops.testing import (
     isolated,
@@ -159,7 +160,7 @@ def test_the_scorer_logs_every_answer_it_gives(stack: Settings, tmp_path, queue:
         dropped = next(float(line.split()[1]) for line in httpx.get(
             f"{url}/metrics").text.splitlines()
             if line.startswith("propensity_prediction_log_dropped_total "))
-    logged = aws.read_parquet(settings, settings.predictions_uri).to_pylist()
+    logged = read_table(settings, settings.predictions_uri).to_pylist()
     kept = answers if queue > 50 else answers[:50]
     assert dropped == len(answers) - len(kept)
     assert sorted(r["request_id"] for r in logged) == sorted(a["request_id"] for a in kept)

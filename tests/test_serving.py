@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import schemathesis
 
-from propensity import aws, model_store, rollout
+from propensity import model_store, rollout
+from propensity.lake import read_table
 from propensity.model import COLUMN_NAMES, Calibration, PropensityModel
 from propensity.ops.bench.chaos_scorer import RECOVERED_SHED_SHARE
 from propensity.ops.testing import (
@@ -362,7 +363,7 @@ def test_a_canary_answers_for_its_shoppers_and_a_shadow_only_scores(served: dict
     wanted = {a["request_id"] for a in in_canary + in_shadow}
     deadline = time.monotonic() + 20
     while True:  # the log is written every second
-        table = aws.read_parquet(settings, settings.predictions_uri)
+        table = read_table(settings, settings.predictions_uri)
         rows = [] if table is None else [r for r in table.to_pylist()
                                          if r["request_id"] in wanted]
         if {r["request_id"] for r in rows} == wanted or time.monotonic() > deadline:

@@ -20,7 +20,7 @@ from pyspark.sql import SparkSession
 from propensity import aws, events, feature_repo
 from propensity import features as F
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards
-from propensity.lake import list_objects
+from propensity.lake import list_objects, read_table
 from propensity.ops.demo import check_online
 from propensity.ops.live_demo import start_stream_job
 from propensity.ops.replay import ReplaySummary, replay
@@ -61,14 +61,14 @@ def send(settings: Settings, path: Path, speed: float | None = None, **options
 
 
 def read(settings: Settings, uri: str) -> pd.DataFrame:
-    table = aws.read_parquet(settings, uri)
+    table = read_table(settings, uri)
     return pd.DataFrame() if table is None else table.to_pandas()
 
 
 def archive(settings: Settings, view: str) -> pd.DataFrame:
-    from propensity.feature_repo.definitions import archive_path
+    from propensity.lake import archive_uri
 
-    return read(settings, archive_path(settings, view))
+    return read(settings, archive_uri(settings, view))
 
 
 def valid_events(path: Path) -> pd.DataFrame:

@@ -24,10 +24,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from propensity import aws, events, feature_repo
+from propensity import events, feature_repo
 from propensity import features as F
 from propensity.feature_repo import definitions
 from propensity.feature_repo.retrieval import historical_features
+from propensity.lake import archive_uri, read_table
 from propensity.settings import Settings
 
 LABEL = "label"
@@ -108,8 +109,8 @@ def from_file(settings: Settings, path: str | Path, work: Path
 
 def from_lake(settings: Settings) -> pd.DataFrame:
     """Points with features for the streamed sessions in the lake and the session archive."""
-    archive = aws.read_parquet(settings, definitions.archive_path(settings, F.SESSION_VIEW))
-    lake = aws.read_parquet(settings, settings.events_uri)
+    archive = read_table(settings, archive_uri(settings, F.SESSION_VIEW))
+    lake = read_table(settings, settings.events_uri)
     if archive is None or lake is None:
         raise FileNotFoundError("no session archive or event lake yet: run the streaming job")
     snapshots = archive.select([F.SESSION_ID, F.USER_ID, "event_id", "event_time",

@@ -21,8 +21,9 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from propensity import aws, drift, model_store
+from propensity import drift, model_store
 from propensity import features as F
+from propensity.lake import read_table
 from propensity.model import (
     COLUMN_NAMES,
     Calibration,
@@ -268,7 +269,7 @@ def lake_points(settings: Settings, first: date, last: date) -> tuple[pd.DataFra
     the lake's events."""
     points = with_request_time_features(from_lake(settings))
     points = points[points["event_time"].dt.date.between(first, last)].reset_index(drop=True)
-    return points, aws.read_parquet(settings, settings.events_uri).to_pandas()
+    return points, read_table(settings, settings.events_uri).to_pandas()
 
 
 def check_lake_days(train_days: tuple[date, date], valid_days: tuple[date, date]) -> None:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from propensity import aws, events
 from propensity.kinesis import KinesisWriter, ShardMap, list_shards, read_events
+from propensity.lake import read_table
 from propensity.ops.bench.verdicts import (
     Outcome,
 )
@@ -141,7 +142,7 @@ def _wait_for_batches(settings: Settings, more: int, replaying: _Replay) -> None
 
 def lake_event_ids(settings: Settings) -> pa.ChunkedArray:
     """The event ids in the settings' event lake, one per row."""
-    lake = aws.read_parquet(settings, settings.events_uri)
+    lake = read_table(settings, settings.events_uri)
     return pa.chunked_array([], pa.string()) if lake is None else lake.column("event_id")
 
 
