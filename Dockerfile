@@ -16,6 +16,7 @@ COPY serving ./serving
 COPY feature_repo ./feature_repo
 COPY training ./training
 COPY monitoring ./monitoring
+COPY privacy ./privacy
 COPY ops ./ops
 RUN pip install --no-cache-dir -c constraints.txt '.[jobs]' \
  && useradd --create-home --uid 10001 propensity \

@@ -1,5 +1,7 @@
-"""The batch run: import files (optional), compute the user and product snapshots of a day or
-a range of days in one pass over the lake, validate them, publish them.
+"""The batch run: import files (optional), compact the day before its last day (the lake, the
+archive, the quarantine, the prediction log: propensity/compaction.py), compute the user and
+product snapshots of a day or a range of days in one pass over the lake, validate them,
+publish them.
 
 `propensity batch ...` runs it; so does spark-submit on EMR (`spark-submit batch/job.py ...`
 with PROPENSITY_SPARK_MASTER empty), with the same arguments (batch/request.py).
@@ -13,10 +15,10 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
-from propensity import feature_repo
+from propensity import compaction, feature_repo
 from propensity import features as F
 from propensity.batch import aggregates, checks, lake, publish
 from propensity.batch.errors import BatchError
@@ -39,6 +41,7 @@ class BatchSummary:
     rows: dict[str, int] = field(default_factory=dict)  # offline rows per view
     online: dict[str, int] = field(default_factory=dict)  # entities written to Redis per view
     checks: str = ""
+    compacted: list[str] = field(default_factory=list)  # what compaction did, tree by tree
     seconds: dict[str, float] = field(default_factory=dict)  # per phase
 
     def format(self) -> str:
@@ -50,6 +53,7 @@ class BatchSummary:
         lines.extend(f"{view}: {self.rows[view]} offline rows, {self.online[view]} entities "
                      "online" for view in self.rows)
         lines.append(f"checks: {self.checks}")
+        lines.extend(f"compaction: {line}" for line in self.compacted)
         rates = self.rates()
         lines.append("time: " + ", ".join(
             f"{phase} {s:.1f} s" + (f" ({rates[phase]:,} events/s)" if phase in rates else "")
@@ -91,6 +95,10 @@ def run(settings: Settings, request: BatchRun, spark: Any = None) -> BatchSummar
     days = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
 
     started = time.monotonic()
+    summary.compacted = compact_day_before(settings, last)
+    summary.seconds["compaction"] = time.monotonic() - started
+
+    started = time.monotonic()
     spark = spark or spark_session("propensity-batch", settings.spark_master)
     events = aggregates.distinct_events(lake.read_events(spark, settings, until=last), last)
     events = events.persist()
@@ -120,6 +128,23 @@ def run(settings: Settings, request: BatchRun, spark: Any = None) -> BatchSummar
         summary.online[view] = publish.write_online(settings, store, view, latest, last)
     summary.seconds["publish"] = time.monotonic() - started
     return summary
+
+
+def compact_day_before(settings: Settings, day: date) -> list[str]:
+    """Compacts every dataset's day before `day`, tree by tree. A tree that fails is reported
+    and logged; the features of the day do not wait for it (the next run tries again)."""
+    before = day - timedelta(days=1)
+    if not compaction.is_closed(settings, before):
+        return [f"{before} is not closed yet: not compacted"]
+    done = []
+    for dataset in compaction.Dataset:
+        for layout in compaction.layouts(settings, dataset):
+            try:
+                done.append(compaction.compact_day(settings, layout, before).format())
+            except Exception as exc:  # any: reported, and the run goes on
+                log.exception("compacting %s %s failed", layout.uri, before)
+                done.append(f"{layout.uri} {before}: failed: {exc}")
+    return done
 
 
 def run_and_print(settings: Settings, request: BatchRun, as_json: bool = False) -> None:

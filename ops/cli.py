@@ -22,6 +22,7 @@ from propensity.commandline import (
     input_file,
     number,
 )
+from propensity.lake import Dataset
 from propensity.ops import commands as handlers
 from propensity.ops import extra_providing
 from propensity.ops.bench import CHAOS_SCENARIOS, SOAK_FULL_S, SOAK_SHORT_S
@@ -218,6 +219,33 @@ def _parser() -> argparse.ArgumentParser:
         "rollback", help="end the challenger; without one, move `latest` back to the "
         "version it replaced").set_defaults(handler=handlers.model_rollback)
 
+    datasets = ["all", *(d.value for d in Dataset)]
+    compact = commands.add_parser(
+        "compact", help="rewrite a closed day's small objects into a few sorted files")
+    compact.add_argument("--day", type=date.fromisoformat, required=True, metavar="DATE",
+                         help="the day (closed: its end plus the watermark delay has passed)")
+    compact.add_argument("--dataset", choices=datasets, default="all",
+                         help="which dataset (default all)")
+    compact.add_argument("--json", action="store_true", help="one JSON line per folder tree")
+    compact.set_defaults(handler=handlers.compact)
+
+    retention = commands.add_parser(
+        "retention", help="remove day folders past their dataset's retention "
+                          "(PROPENSITY_<DATASET>_RETENTION_DAYS)")
+    retention.add_argument("--dataset", choices=datasets, default="all",
+                           help="which dataset (default all)")
+    retention.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    retention.add_argument("--today", type=date.fromisoformat, metavar="DATE",
+                           help="the day to count from (default: today, UTC)")
+    retention.set_defaults(handler=handlers.retention)
+
+    forget = commands.add_parser(
+        "forget", help="erase one shopper: events, archived features, quarantine, online "
+                       "store, prediction log; records counts only")
+    forget.add_argument("--user", type=int, required=True, metavar="USER_ID")
+    forget.add_argument("--json", action="store_true", help="print the audit record as JSON")
+    forget.set_defaults(handler=handlers.forget)
+
     serve = commands.add_parser("serve", help="the scorer: FastAPI on uvicorn")
     add_serve_arguments(serve)
     serve.set_defaults(handler=handlers.serve)
@@ -253,6 +281,17 @@ def _parser() -> argparse.ArgumentParser:
     bench_batch.add_argument("--shape", type=input_file, default=MULTICAT_SAMPLE,
                              help="REES46 file whose sessions the events resample")
     bench_batch.set_defaults(handler=handlers.bench_batch)
+
+    bench_compact = benches.add_parser(
+        "compact", help="a generated day's small objects, then compacted: objects and reads")
+    bench_compact.add_argument("--events", type=POSITIVE_INT, default=200_000, metavar="N",
+                               help="generated events of the day (default 200,000)")
+    bench_compact.add_argument("--micro-batches", type=POSITIVE_INT, default=2_000,
+                               metavar="M", help="micro-batches they are written in, one "
+                               "object per tree each (default 2,000)")
+    bench_compact.add_argument("--shape", type=input_file, default=MULTICAT_SAMPLE,
+                               help="REES46 file whose sessions the events resample")
+    bench_compact.set_defaults(handler=handlers.bench_compact)
 
     bench_serve = benches.add_parser(
         "serve", help="the scorer under load, then `feast serve` under the same load")

@@ -173,6 +173,47 @@ def monitor_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+def compact(args: argparse.Namespace) -> int:
+    from propensity import compaction
+    from propensity.lake import Dataset
+
+    log_to_stderr()
+    datasets = list(Dataset) if args.dataset == "all" else [Dataset(args.dataset)]
+    try:
+        done = compaction.compact(Settings(), datasets, args.day)
+    except compaction.NotClosed as exc:
+        raise UsageError(str(exc)) from None
+    for result in done:
+        print(json.dumps(asdict(result), default=str) if args.json else result.format())
+    return 0
+
+
+def retention(args: argparse.Namespace) -> int:
+    from propensity import retention as retention_rules
+    from propensity.lake import Dataset
+
+    datasets = list(Dataset) if args.dataset == "all" else [Dataset(args.dataset)]
+    settings = Settings()
+    for dataset in datasets:
+        days = retention_rules.retention_days(settings, dataset)
+        print(f"{dataset}: keeps {f'{days} days' if days else 'everything'}", file=sys.stderr)
+    found = retention_rules.apply(settings, datasets, args.today, dry_run=args.dry_run)
+    for item in found:
+        print(item.format(removed=not args.dry_run))
+    if not found:
+        print("nothing past its retention", file=sys.stderr)
+    return 0
+
+
+def forget(args: argparse.Namespace) -> int:
+    from propensity.privacy.forget import forget as forget_user
+
+    log_to_stderr()
+    record = forget_user(Settings(), args.user)
+    print(record.to_json() if args.json else record.format())
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     return server.serve(args.host, args.port, args.workers)
 
@@ -297,6 +338,14 @@ def bench_batch(args: argparse.Namespace) -> int:
 
     log_to_stderr()
     print(run_batch_bench(Settings(), args.events, args.days, args.shape).format())
+    return 0
+
+
+def bench_compact(args: argparse.Namespace) -> int:
+    from propensity.ops.bench.compact import run_compact_bench
+
+    log_to_stderr()
+    print(run_compact_bench(Settings(), args.events, args.micro_batches, args.shape).format())
     return 0
 
 

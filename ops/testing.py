@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,21 +134,62 @@ def write_csv(path: Path, rows: Sequence[Sequence[object]],
 def load_session_features(settings: Settings, path: Path) -> int:
     """Writes the latest session and session-product features of a REES46 file's valid
     events to Redis with the streaming sink's writer and TTL; returns the sessions."""
-    import pyarrow as pa
-
-    from propensity import events, feature_repo
+    from propensity import events
     from propensity import features as F
-    from propensity.feature_repo import redis_layout
-    from propensity.feature_repo.definitions import feature_view
-    from propensity.feature_repo.online import write_latest
 
     snapshots = F.snapshots(events.validate_file(path).valid, settings.session_timeout_s)
-    config = feature_repo.repo_config(settings, key_ttl_s=settings.online_ttl_s)
-    client = redis_layout.client(config.online_store)
+    destinations = _stream_destinations(settings)
     for view, columns in F.ARCHIVE_COLUMNS.items():
-        table = pa.Table.from_pandas(snapshots[list(columns)], preserve_index=False)
-        write_latest(client, config, feature_view(settings, view), table)
+        destinations.online[view].write(_arrow(snapshots, columns), _part(0))
     return int(snapshots[F.SESSION_ID].nunique())
+
+
+def write_like_the_stream(settings: Settings, path: Path, batches: int,
+                          arrival: datetime | None = None) -> int:
+    """A REES46 file's valid events written as the streaming job writes them, in `batches`
+    micro-batches (in arrival order), each through the sink's own destinations
+    (streaming/destinations.py): the lake, the archive's session views and the online store.
+    Returns the events written."""
+    import numpy as np
+    import pyarrow as pa
+
+    from propensity import events
+    from propensity import features as F
+
+    valid = events.validate_file(path).valid
+    snapshots = F.snapshots(valid, settings.session_timeout_s)
+    lake = events.to_arrow(valid)
+    arrived = arrival or datetime.now(UTC)
+    lake = lake.append_column(events.LAKE_SCHEMA.field(events.ARRIVAL_TIME), pa.array(
+        [arrived] * lake.num_rows, events.LAKE_SCHEMA.field(events.ARRIVAL_TIME).type))
+    destinations = _stream_destinations(settings)
+    for batch, (rows, snapshot_rows) in enumerate(zip(
+            np.array_split(np.arange(lake.num_rows), batches),
+            np.array_split(np.arange(len(snapshots)), batches), strict=True)):
+        destinations.lake.write(lake.take(rows), _part(batch))
+        for view, columns in F.ARCHIVE_COLUMNS.items():
+            table = _arrow(snapshots.iloc[snapshot_rows], columns)
+            destinations.archive[view].write(table, _part(batch))
+            destinations.online[view].write(table, _part(batch))
+    return lake.num_rows
+
+
+def _stream_destinations(settings: Settings):
+    from propensity.streaming.destinations import Destinations
+
+    return Destinations.of(settings)
+
+
+def _part(batch: int):
+    from propensity.streaming.destinations import BatchPart
+
+    return BatchPart(batch)
+
+
+def _arrow(frame, columns):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame[list(columns)], preserve_index=False)
 
 
 def session_requests(path: Path) -> list[dict]:

@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
@@ -41,8 +40,10 @@ from propensity.lake import (
     COMPACTED_PREFIX,
     MANIFEST,
     PARQUET,
+    Dataset,
     Manifest,
     archive_uri,
+    dataset_uri,
     day_folder,
     filesystem_of,
     read_manifest,
@@ -56,13 +57,6 @@ log = logging.getLogger("propensity.compaction")
 MB = 1 << 20
 
 
-class Dataset(StrEnum):
-    LAKE = "lake"
-    ARCHIVE = "archive"
-    QUARANTINE = "quarantine"
-    PREDICTIONS = "predictions"
-
-
 @dataclass(frozen=True)
 class Layout:
     """One compactable tree of day folders and the order its readers want the rows in."""
@@ -72,17 +66,19 @@ class Layout:
     sort_by: tuple[str, ...]
 
 
+# How a day's rows are sorted for their readers (the archive: by session, then time).
+SORTED_BY = {Dataset.LAKE: ("user_session", "event_time", "event_id"),
+             Dataset.QUARANTINE: (events.ARRIVAL_TIME,),
+             Dataset.PREDICTIONS: (ANSWERED_AT,)}
+
+
 def layouts(settings: Settings, dataset: Dataset) -> list[Layout]:
     """The trees of a dataset: the archive has one per session view (the batch's views hold
     one object per day already)."""
-    if dataset is Dataset.LAKE:
-        return [Layout(dataset, settings.events_uri, ("user_session", "event_time", "event_id"))]
     if dataset is Dataset.ARCHIVE:
         return [Layout(dataset, archive_uri(settings, view), (F.SESSION_ID, F.EVENT_TIMESTAMP))
                 for view in F.ARCHIVE_COLUMNS]
-    if dataset is Dataset.QUARANTINE:
-        return [Layout(dataset, settings.quarantine_uri, (events.ARRIVAL_TIME,))]
-    return [Layout(dataset, settings.predictions_uri, (ANSWERED_AT,))]
+    return [Layout(dataset, dataset_uri(settings, dataset), SORTED_BY[dataset])]
 
 
 def closed_at(settings: Settings, day: date) -> datetime:

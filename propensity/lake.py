@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +33,22 @@ DATE_PARTITION = "date"
 PARQUET = ".parquet"
 MANIFEST = "_compaction.json"  # `_`: pyarrow, dask and Spark never take it for data
 COMPACTED_PREFIX = "compacted-"
+
+
+class Dataset(StrEnum):
+    """The datasets kept in day folders (compaction, retention and forgetting name them so)."""
+
+    LAKE = "lake"  # PROPENSITY_EVENTS_URI
+    ARCHIVE = "archive"  # every feature view's offline rows, under PROPENSITY_FEATURES_URI
+    QUARANTINE = "quarantine"  # PROPENSITY_QUARANTINE_URI
+    PREDICTIONS = "predictions"  # the prediction log, PROPENSITY_PREDICTIONS_URI
+
+
+def dataset_uri(settings: Settings, dataset: Dataset) -> str:
+    """Where a dataset's day folders are (the archive: one tree per view below it)."""
+    return {Dataset.LAKE: settings.events_uri, Dataset.ARCHIVE: settings.features_uri,
+            Dataset.QUARANTINE: settings.quarantine_uri,
+            Dataset.PREDICTIONS: settings.predictions_uri}[dataset]
 
 
 def day_folder(prefix: str, day: date | str) -> str:

@@ -24,18 +24,23 @@ locals {
   node_settings = {
     AWS_DEFAULT_REGION        = var.region
     PROPENSITY_KINESIS_STREAM = aws_kinesis_stream.events.name
-    PROPENSITY_EVENTS_URI     = "s3://${aws_s3_bucket.data["lake"].bucket}/events"
-    PROPENSITY_QUARANTINE_URI = "s3://${aws_s3_bucket.data["quarantine"].bucket}/quarantine"
-    PROPENSITY_FEATURES_URI   = "s3://${aws_s3_bucket.data["features"].bucket}/features"
+    PROPENSITY_EVENTS_URI     = local.dataset_uris.lake
+    PROPENSITY_QUARANTINE_URI = local.dataset_uris.quarantine
+    PROPENSITY_FEATURES_URI   = local.dataset_uris.archive
     PROPENSITY_MODELS_URI     = "s3://${aws_s3_bucket.data["models"].bucket}/models"
     PROPENSITY_FEAST_REGISTRY = "s3://${aws_s3_bucket.data["features"].bucket}/feast/registry.db"
     PROPENSITY_CHECKPOINT_DIR = "s3://${aws_s3_bucket.data["checkpoints"].bucket}/streaming"
     PROPENSITY_SPARK_MASTER   = ""
     # The daily monitor reads the scorer's log and writes its figures beside it; both jobs
     # publish their CloudWatch metrics to the namespace the alarms read.
-    PROPENSITY_PREDICTIONS_URI   = "s3://${aws_s3_bucket.data["predictions"].bucket}/log"
+    PROPENSITY_PREDICTIONS_URI   = local.dataset_uris.predictions
     PROPENSITY_MONITORING_URI    = "s3://${aws_s3_bucket.data["predictions"].bucket}/monitoring"
     PROPENSITY_METRICS_NAMESPACE = local.metrics_namespace
+    # The retention the S3 lifecycle applies (main.tf), for `propensity retention` and reports.
+    PROPENSITY_LAKE_RETENTION_DAYS        = tostring(local.retention_days.lake)
+    PROPENSITY_ARCHIVE_RETENTION_DAYS     = tostring(local.retention_days.archive)
+    PROPENSITY_QUARANTINE_RETENTION_DAYS  = tostring(local.retention_days.quarantine)
+    PROPENSITY_PREDICTIONS_RETENTION_DAYS = tostring(local.retention_days.predictions)
     # The streaming cluster's cores unless set: each state partition is one task per batch.
     PROPENSITY_STREAM_STATE_PARTITIONS = tostring(var.stream_state_partitions > 0 ? var.stream_state_partitions : var.emr_core_count * data.aws_ec2_instance_type.emr.default_vcpus)
   }

@@ -14,10 +14,23 @@ locals {
     artifacts   = "${var.name}-artifacts-${local.bucket_suffix}"
     predictions = "${var.name}-predictions-${local.bucket_suffix}"
   }
-  # Where transient data expires: rejected events after their review window, superseded
-  # object versions everywhere (versioning keeps them for recovery, not forever).
-  expire_current_days = {
-    quarantine = var.quarantine_retention_days
+  # Where each dataset the code keeps in day folders lives (the jobs' URIs in emr.tf and
+  # scorer.tf are built from it), and how many days after its day it is kept (0: forever):
+  # propensity/retention_days.json, the defaults the code reads too, then var.retention_days.
+  # S3 expires by an object's age; a compacted or rewritten object starts its age again (see
+  # the README's data lifecycle). The lake bucket's audit/ folder has no rule: kept.
+  datasets = {
+    lake        = { bucket = "lake", folder = "events" }
+    archive     = { bucket = "features", folder = "features" }
+    quarantine  = { bucket = "quarantine", folder = "quarantine" }
+    predictions = { bucket = "predictions", folder = "log" }
+  }
+  retention_days = {
+    for name, days in merge(jsondecode(file("${path.module}/../propensity/retention_days.json")), var.retention_days) :
+    name => days if contains(keys(local.datasets), name)
+  }
+  dataset_uris = {
+    for name, d in local.datasets : name => "s3://${aws_s3_bucket.data[d.bucket].bucket}/${d.folder}"
   }
 }
 
@@ -164,10 +177,22 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     abort_incomplete_multipart_upload {
       days_after_initiation = 7
     }
-    dynamic "expiration" {
-      for_each = contains(keys(local.expire_current_days), each.key) ? [1] : []
-      content {
-        days = local.expire_current_days[each.key]
+  }
+
+  # Each dataset's retention, on its folder of this bucket.
+  dynamic "rule" {
+    for_each = {
+      for name, d in local.datasets : name => d
+      if d.bucket == each.key && local.retention_days[name] > 0
+    }
+    content {
+      id     = "retention-${rule.key}"
+      status = "Enabled"
+      filter {
+        prefix = "${rule.value.folder}/"
+      }
+      expiration {
+        days = local.retention_days[rule.key]
       }
     }
   }

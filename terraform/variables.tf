@@ -22,10 +22,10 @@ variable "kinesis_retention_hours" {
   default     = 72
 }
 
-variable "quarantine_retention_days" {
-  description = "How long rejected events stay in the quarantine bucket."
-  type        = number
-  default     = 90
+variable "retention_days" {
+  description = "Days each dataset keeps a day's objects (lake, archive, quarantine, predictions; 0: forever), over the defaults in propensity/retention_days.json. The S3 lifecycle expires them and the jobs read the same values."
+  type        = map(number)
+  default     = {}
 }
 
 variable "noncurrent_version_days" {

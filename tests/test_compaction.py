@@ -15,7 +15,6 @@ import pytest
 
 from propensity.compaction import (
     Compacted,
-    Dataset,
     Layout,
     NotClosed,
     compact_day,
@@ -25,6 +24,7 @@ from propensity.compaction import (
 from propensity.lake import (
     COMPACTED_PREFIX,
     MANIFEST,
+    Dataset,
     Manifest,
     day_folder,
     read_table,

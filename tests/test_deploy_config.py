@@ -125,6 +125,34 @@ def test_terraform_outputs_are_named_like_the_settings() -> None:
         "PROPENSITY_MONITORING_URI"}
 
 
+def test_terraform_keeps_each_dataset_where_and_as_long_as_the_code_does() -> None:
+    from propensity.lake import Dataset, dataset_uri
+    from propensity.settings import RETENTION_DAYS
+
+    names = {d.value for d in Dataset}
+    locals_ = dict(_blocks("locals"))
+    datasets, node = locals_["datasets"], locals_["node_settings"]
+    assert set(datasets) == set(RETENTION_DAYS) == names
+    main = (ROOT / "terraform" / "main.tf").read_text()
+    assert 'jsondecode(file("${path.module}/../propensity/retention_days.json"))' in main
+    assert 'prefix = "${rule.value.folder}/"' in main
+    settings = Settings()
+    for dataset in Dataset:
+        # The code's default and terraform's are the JSON's; EMR's jobs get terraform's.
+        field = Settings.model_fields[f"{dataset.value}_retention_days"]
+        assert getattr(settings, f"{dataset.value}_retention_days") == RETENTION_DAYS[
+            dataset.value]
+        assert node[field.alias] == f"${{tostring(local.retention_days.{dataset.value})}}"
+        # The dataset's folder is the one the code's setting names (the bucket aside).
+        folder = datasets[dataset.value]["folder"].strip('"')
+        assert urlparse(dataset_uri(settings, dataset)).path == f"/{folder}"
+        uri_setting = {Dataset.LAKE: "PROPENSITY_EVENTS_URI",
+                       Dataset.ARCHIVE: "PROPENSITY_FEATURES_URI",
+                       Dataset.QUARANTINE: "PROPENSITY_QUARANTINE_URI",
+                       Dataset.PREDICTIONS: "PROPENSITY_PREDICTIONS_URI"}[dataset]
+        assert node[uri_setting] == f"${{local.dataset_uris.{dataset.value}}}"
+
+
 def test_the_quality_and_drift_alarms_read_what_the_monitor_publishes() -> None:
     from propensity import drift
     from propensity.monitoring import live

