@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from propensity import features as F
+from propensity.batch.errors import BatchError
 
 
-class ValidationError(RuntimeError):
+class ValidationError(BatchError):
     """Computed features failed their checks; nothing was published."""
 
     def __init__(self, report: CheckReport) -> None:

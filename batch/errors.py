@@ -1,4 +1,6 @@
-"""Errors of a batch run a user can act on (kept free of Spark, so the CLI imports it fast)."""
+"""Errors of a batch run a user can act on (kept free of Spark, so the CLI imports it fast):
+`BatchError` and its kinds (checks.ValidationError), reported in one line by the EMR step's
+entry point (job.py) and the CLI alike."""
 
 
 class BatchError(RuntimeError):

@@ -74,10 +74,7 @@ def _write_rows(client: Any, repo_config: Any, view: FeatureView,
     feature_fields, timestamp_field = fields[:-1], fields[-1]
     values = [_distinct_serialized(batch.column(f.name).to_numpy(zero_copy_only=False),
                                    f.dtype.to_value_type()) for f in view.features]
-    if repo_config.entity_key_serialization_version != redis_layout.SERIALIZATION_VERSION:
-        raise ValueError("entity keys are written in Feast's serialization version "
-                         f"{redis_layout.SERIALIZATION_VERSION}, not "
-                         f"{repo_config.entity_key_serialization_version}")
+    redis_layout.require_version(repo_config)
     keys = redis_layout.entity_keys(batch, join_keys, repo_config.project)
     micros = pc.cast(batch.column(view.batch_source.timestamp_field),
                      pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()

@@ -33,6 +33,15 @@ SERIALIZATION_VERSION = 3
 TIMESTAMP_FIELD_PREFIX = "_ts:"
 
 
+def require_version(repo_config: Any) -> None:
+    """Fails unless the repository's entity keys are in the serialization version this layout
+    writes and reads."""
+    version = repo_config.entity_key_serialization_version
+    if version != SERIALIZATION_VERSION:
+        raise ValueError(f"entity keys here are Feast's serialization version "
+                         f"{SERIALIZATION_VERSION}; the repository's config says {version}")
+
+
 def feature_field(view: str, feature: str) -> bytes:
     """The hash field of one feature of a view."""
     return struct.pack("<I", mmh3.hash(f"{view}:{feature}", signed=False))

@@ -75,7 +75,6 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botocore.exceptions import BotoCoreError, ClientError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from propensity.batch.checks import ValidationError
     from propensity.batch.errors import BatchError
     from propensity.events import ContractError
     from propensity.kinesis import KinesisPutError
@@ -84,7 +83,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from propensity.training.dataset import DatasetError
 
     return (ContractError, StackError, KinesisPutError, FileNotFoundError, BotoCoreError,
-            ClientError, BatchError, ValidationError, ModelStoreError, DatasetError,
+            ClientError, BatchError, ModelStoreError, DatasetError,
             UsageError, RedisConnectionError)
 
 

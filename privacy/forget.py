@@ -196,6 +196,7 @@ def _rewrite(settings: Settings, uri: str, keep: Any) -> Removed:
 def _forget_online(settings: Settings, user_id: int, sessions: set[str],
                    products: set[tuple[str, int]]) -> int:
     config = feature_repo.repo_config(settings)
+    redis_layout.require_version(config)
     client = redis_layout.client(config.online_store)
     keys = []
     by_view = {F.USER_VIEW: [{F.USER_ID: user_id}],

@@ -47,6 +47,29 @@ def get_object(s3: Any, bucket: str, key: str) -> bytes | None:
         raise
 
 
+# S3's DeleteObjects takes at most this many keys a request.
+DELETE_BATCH = 1000
+
+
+def delete_keys(settings: Settings, paths: list[str]) -> None:
+    """Removes S3 objects given as pyarrow paths (`bucket/key`), a thousand a request; a key
+    already gone is no error (S3 says so for DeleteObjects)."""
+    s3 = client("s3", settings)
+    by_bucket: dict[str, list[str]] = {}
+    for path in paths:
+        bucket, key = path.split("/", 1)
+        by_bucket.setdefault(bucket, []).append(key)
+    for bucket, keys in by_bucket.items():
+        for start in range(0, len(keys), DELETE_BATCH):
+            done = s3.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + DELETE_BATCH]],
+                "Quiet": True})
+            if done.get("Errors"):
+                first = done["Errors"][0]
+                raise OSError(f"S3 kept {len(done['Errors'])} objects of s3://{bucket}: "
+                              f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}")
+
+
 def _secret(value: Any) -> str | None:
     return None if value is None else value.get_secret_value()
 

@@ -97,9 +97,7 @@ class RedisFeatures:
 
     def __init__(self, settings: Settings) -> None:
         self.config = feature_repo.repo_config(settings)
-        if self.config.entity_key_serialization_version != redis_layout.SERIALIZATION_VERSION:
-            raise ValueError("the scorer reads entity keys of Feast's serialization version "
-                             f"{redis_layout.SERIALIZATION_VERSION}")
+        redis_layout.require_version(self.config)
         self.plans = []
         for name in VIEWS:
             view = definitions.feature_view(settings, name)

@@ -164,17 +164,18 @@ class PartitionWriter:
             online = list(to.online.values())
             report.events = snapshots.num_rows
             report.sessions = len(pc.unique(snapshots.column(F.SESSION_ID)))
-        pending = [(self._pool.submit(d.write, snapshots, part), d in online)
-                   for d in (*online, *writes)]
+        online_writes = [self._pool.submit(d.write, snapshots, part) for d in online]
+        other_writes = [self._pool.submit(d.write, snapshots, part) for d in writes]
         if quarantine.num_rows:
-            pending.append((self._pool.submit(to.quarantine.write, quarantine, part), False))
+            other_writes.append(self._pool.submit(to.quarantine.write, quarantine, part))
             reasons = pc.value_counts(quarantine.column(events.REASON)).to_pylist()
             report.quarantined = {r["values"]: r["counts"] for r in reasons}
-        for future, is_online in pending:
+        for future in online_writes:
             written = future.result()
-            if is_online:
-                report.online_rows += written.rows
-                report.online_retries += written.retries
+            report.online_rows += written.rows
+            report.online_retries += written.retries
+        for future in other_writes:
+            future.result()
         if snapshots.num_rows:
             arrivals = pc.cast(snapshots.column("arrival_time"), pa.int64()).to_numpy() / 1e6
             freshness = time.time() - arrivals

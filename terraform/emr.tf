@@ -124,17 +124,23 @@ data "aws_iam_policy_document" "streaming_nodes" {
   }
 }
 
-# The batch nodes: read the lake, write the feature archive (and the Feast registry in it);
-# the monitor step: read the prediction log and the model store's specs, write its figures,
-# publish its metrics. No Kinesis, no writes to the model store.
+# The batch nodes: read the lake, write the feature archive (and the Feast registry in it),
+# compact each dataset's day before (rewrite and remove objects in its folder: main.tf's
+# datasets); the monitor step: read the prediction log and the model store's specs, write its
+# figures, publish its metrics. No Kinesis, no writes to the model store.
 data "aws_iam_policy_document" "batch_nodes" {
   source_policy_documents = [data.aws_iam_policy_document.emr_nodes.json, data.aws_iam_policy_document.put_metrics.json]
   statement {
     sid     = "ReadLakeLogModels"
     actions = ["s3:GetObject", "s3:ListBucket"]
-    resources = flatten([for key in ["lake", "predictions", "models"] : [
+    resources = flatten([for key in ["lake", "quarantine", "predictions", "models"] : [
       aws_s3_bucket.data[key].arn, "${aws_s3_bucket.data[key].arn}/*"
     ]])
+  }
+  statement {
+    sid       = "CompactDatasets"
+    actions   = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
+    resources = [for name, d in local.datasets : "${aws_s3_bucket.data[d.bucket].arn}/${d.folder}/*"]
   }
   statement {
     sid       = "WriteFeatures"

@@ -71,6 +71,10 @@ def test_the_connection_string_in_its_forms() -> None:
     config = feature_repo.repo_config(Settings())
     assert config.entity_key_serialization_version == redis_layout.SERIALIZATION_VERSION
     assert config.project == PROJECT
+    redis_layout.require_version(config)
+    older = config.model_copy(update={"entity_key_serialization_version": 2})
+    with pytest.raises(ValueError, match=r"serialization version 3; .* says 2"):
+        redis_layout.require_version(older)
 
 
 def test_the_dask_reader_we_wrap_is_still_there() -> None:
