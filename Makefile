@@ -82,7 +82,9 @@ test-emr: $(EMR_STAMP)
 # build/ goes too: setuptools packs whatever an earlier build left there (files since moved).
 package: $(STAMP)
 	rm -rf dist build && mkdir -p dist/emr
-	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w dist/emr .
+	$(BIN)/python -m propensity.lineage > /dev/null
+	$(BIN)/pip wheel -q --disable-pip-version-check --no-deps -w dist/emr .; \
+	  built=$$?; rm -f propensity/build_info.json; exit $$built
 	cp constraints.txt deploy/emr/bootstrap.sh deploy/emr/run-step.sh dist/emr/
 	$(BIN)/python deploy/emr/requirements.py > dist/emr/requirements.txt
 	cp dist/emr/propensity-*.whl dist/

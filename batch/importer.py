@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from propensity import aws, events
 from propensity.lake import day_folder
+from propensity.lineage import file_hash
 from propensity.settings import Settings
 
 
@@ -40,11 +41,8 @@ class ImportSummary:
 
 
 def file_digest(path: str | Path) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """A short digest of a file's bytes: its objects' name in the lake."""
+    return file_hash(path, hashlib.blake2b(digest_size=8))
 
 
 def import_file(settings: Settings, path: str | Path) -> ImportSummary:

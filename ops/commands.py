@@ -107,10 +107,22 @@ def model_list(_: argparse.Namespace) -> int:
 def model_status(_: argparse.Namespace) -> int:
     from propensity import model_store
 
-    rollout = model_store.rollout(Settings())
+    settings = Settings()
+    rollout = model_store.rollout(settings)
     print(f"champion (latest): {rollout.champion or 'none'}")
+    _print_lineage(settings, rollout.champion)
     print(f"challenger: {_challenger_text(rollout.challenger)}")
+    _print_lineage(settings, rollout.challenger.version if rollout.challenger else None)
     return 0
+
+
+def _print_lineage(settings: Settings, version: str | None) -> None:
+    from propensity import lineage, model_store
+
+    if version is not None:
+        record = model_store.metadata_of(settings, version).get("lineage", {})
+        for line in lineage.lines(record):
+            print(f"  {line}")
 
 
 def _challenger_text(challenger: Challenger | None) -> str:

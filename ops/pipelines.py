@@ -31,7 +31,7 @@ def file_points(settings: Settings, files: list[Path], history: list[Path],
 def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[Path]
                ) -> train.TrainingData:
     run_batch(settings, BatchRun(imports=(*history, train_file, valid_file)))
-    return train.files_data(settings, train_file, valid_file, [p.name for p in history])
+    return train.files_data(settings, train_file, valid_file, list(history))
 
 
 def lake_data(settings: Settings, train_days: tuple[date, date],

@@ -130,6 +130,11 @@ def read_file(settings: Settings, version: str, name: str) -> bytes | None:
     return _get(settings, f"{version}/{name}")
 
 
+def metadata_of(settings: Settings, version: str) -> dict:
+    """A stored version's metadata (its data, metrics, checks, lineage); {} when unknown."""
+    return (_spec(settings, version) or {}).get("metadata", {})
+
+
 def validation_auc_of(settings: Settings, version: str) -> float | None:
     """The ROC AUC a stored version had on its validation data (None: unknown version)."""
     spec = _spec(settings, version) or {}

@@ -249,6 +249,12 @@ def test_make_package_builds_what_the_emr_bootstrap_and_steps_read(tmp_path: Pat
         # runs the batch, then the retraining)
         for module in ("streaming/job.py", "batch/job.py", "ops/cli.py"):
             assert "def main(" in archive.read(f"propensity/{module}").decode()
+        # The commit it was built from (an EMR node has no git): models trained there say so.
+        built = json.loads(archive.read("propensity/build_info.json"))
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert built["commit"] == head and isinstance(built["dirty"], bool)
+    assert not (ROOT / "propensity" / "build_info.json").exists()  # the work tree keeps none
     for script in ("bootstrap.sh", "run-step.sh"):
         assert subprocess.run(["bash", "-n", str(emr / script)]).returncode == 0
 

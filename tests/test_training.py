@@ -4,6 +4,7 @@ samples: real Spark batch, Feast point-in-time sets, LightGBM, the moto S3 model
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import json
 import subprocess
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from propensity import model_store
+from propensity import lineage, model_store
 from propensity.drift import PROFILE_FILE
 from propensity.model import PropensityModel
 from propensity.ops.cli import main
@@ -29,6 +30,7 @@ from propensity.training.train import TrainResult, train
 from tests.test_streaming import send
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,18 @@ def test_train_on_october_beats_both_baselines_on_november(
     assert set(valid["top"]) == {"5%", "10%"}
     assert {s["slice"] for s in summary["slices"]} == {"user", "cart", "hour band (UTC)"}
     assert summary["calibration"]["reliability_after_cross_fitted"]
+
+    # Lineage: the code, the files' digests, the feature definitions, the libraries; stored
+    # with the version and printed on its card.
+    record = model_store.metadata_of(settings, result.version)["lineage"]
+    assert record["code"] == {**lineage.git_identity(ROOT), "source": "git"}
+    assert record["data"] == {"kind": "files", "files": {
+        path.name: lineage.file_sha256(path) for path in (COSMETICS_OCTOBER,
+                                                          COSMETICS_NOVEMBER)}}
+    assert record["features_sha256"] == lineage.features_sha256()
+    assert record["libraries"]["lightgbm"] == importlib.metadata.version("lightgbm")
+    card = model_store.read_file(settings, result.version, "model_card.md").decode()
+    assert "## Lineage" in card and record["features_sha256"] in card
     assert max(summary["mean_abs_shap"].values()) > 0
 
 
@@ -107,6 +121,11 @@ def test_the_version_holds_booster_features_calibration_metrics_card_and_plots(
     listed = cli(settings, "model", "list")
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert f"* {result.version}" in listed.stdout
+    status = cli(settings, "model", "status")
+    assert status.returncode == 0, status.stderr[-2000:]
+    commit = spec["metadata"]["lineage"]["code"]["commit"]
+    assert f"champion (latest): {result.version}\n  code: {commit}" in status.stdout
+    assert f"data: {COSMETICS_OCTOBER.name} sha256 " in status.stdout
 
 
 def test_evaluate_scores_every_point_with_the_stored_model(
@@ -166,6 +185,9 @@ def test_training_on_streamed_days_equals_training_on_the_files(
     from_lake = train(by_lake, data, tmp_path / "lake-report")
     assert from_lake.promoted and model_store.latest(by_lake) == from_lake.version
     assert from_lake.metrics["trained_on"].startswith("lake 2019-10-01..2019-10-31")
+    data_identity = from_lake.metrics["lineage"]["data"]
+    assert data_identity["kind"] == "lake" and data_identity["last_day"] == "2019-11-30"
+    assert data_identity["objects"] > 2  # the lake's and the archive's, each day
     for key in ("points", "positives", "sessions", "roc_auc", "pr_auc", "log_loss"):
         assert from_lake.metrics["validation"][key] == pytest.approx(
             from_files.metrics["validation"][key], rel=1e-9), key

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: files only, no display or global state
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from propensity.lineage import lines as lineage_lines
 from propensity.model import NOT_MODEL_INPUTS
 from propensity.training import metrics
 
@@ -131,6 +132,8 @@ def model_card(summary: dict) -> str:
         f"Platt scaling fitted on validation: a = {summary['calibration']['a']:.4f}, "
         f"b = {summary['calibration']['b']:.4f}. Plots: roc.png, pr.png, calibration.png, "
         "importance.png.", "",
+        "## Lineage", "",
+        *[f"- {line}" for line in lineage_lines(summary.get("lineage", {}))], "",
         "## Limits",
         "- Validation figures are optimistic: the validation month chose the number of trees "
         "and the calibration. A later month (`propensity evaluate`) is the honest test.",

@@ -46,6 +46,7 @@ from propensity.training.train import (
     fit_calibration,
     fit_model,
     labels,
+    lake_identity,
     lake_points,
     version_files,
     version_summary,
@@ -138,7 +139,8 @@ def retrain(settings: Settings, request: Retrain, days: tuple[date, date]) -> Re
     valid_events = lake[lake["user_session"].isin(set(valid_set[F.SESSION_ID]))]
     data = TrainingData(train_set, valid_set, valid_events.reset_index(drop=True),
                         f"lake {first}..{last} (refit on every labelled day)",
-                        f"lake {first}..{last}: {split}")
+                        f"lake {first}..{last}: {split}",
+                        identity=lake_identity(settings, first, last))
     chosen, raw = fit_model(data.train, data.valid)
     assessment, plots = assess(chosen, raw, data.train, data.valid, data.valid_events,
                                settings.session_timeout_s)

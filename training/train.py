@@ -23,7 +23,8 @@ from sklearn.preprocessing import StandardScaler
 
 from propensity import drift, model_store
 from propensity import features as F
-from propensity.lake import read_table
+from propensity.lake import list_objects, read_table
+from propensity.lineage import file_sha256, lineage, objects_sha256
 from propensity.model import (
     COLUMN_NAMES,
     Calibration,
@@ -211,6 +212,7 @@ def version_summary(data: TrainingData, train_set: pd.DataFrame, valid_set: pd.D
                  "invalid_rows": data.invalid},
         "params": {**LGB_PARAMS, "trees": trees},
         **assessment,
+        "lineage": lineage(data.identity),
     }
 
 
@@ -247,9 +249,24 @@ class TrainingData:
     valid_source: str
     history: list[str] = field(default_factory=list)
     invalid: dict = field(default_factory=dict)
+    identity: dict = field(default_factory=dict)  # what the data was read from (lineage.py)
 
 
-def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[str]
+def files_identity(files: list[Path]) -> dict:
+    """The input files' identity: each one's SHA-256 by name."""
+    return {"kind": "files", "files": {path.name: file_sha256(path) for path in files}}
+
+
+def lake_identity(settings: Settings, first: date, last: date) -> dict:
+    """The lake's identity for a training run over `first`..`last`: the objects of the lake
+    and of the feature archive a reader takes up to `last` (training reads both)."""
+    objects = [o for uri in (settings.events_uri, settings.features_uri)
+               for o in list_objects(settings, uri, until=last)]
+    return {"kind": "lake", "first_day": str(first), "last_day": str(last),
+            "objects": len(objects), "objects_sha256": objects_sha256(objects)}
+
+
+def files_data(settings: Settings, train_file: Path, valid_file: Path, history: list[Path]
                ) -> TrainingData:
     """From REES46 files (the daily batch run over their days and the `history` files'
     first)."""
@@ -258,9 +275,10 @@ def files_data(settings: Settings, train_file: Path, valid_file: Path, history: 
     return TrainingData(train_set, valid_set, valid_checked.valid,
                         f"{train_file.name}: {_time_range(train_set)}",
                         f"{valid_file.name}: {_time_range(valid_set)}",
-                        list(history),
+                        [path.name for path in history],
                         {"train": dict(train_checked.reason_counts()),
-                         "validation": dict(valid_checked.reason_counts())})
+                         "validation": dict(valid_checked.reason_counts())},
+                        files_identity([train_file, valid_file, *history]))
 
 
 def lake_points(settings: Settings, first: date, last: date) -> tuple[pd.DataFrame,
@@ -294,7 +312,8 @@ def lake_data(settings: Settings, train_days: tuple[date, date],
     valid_events = lake[lake["user_session"].isin(set(valid_set[F.SESSION_ID]))]
     return TrainingData(train_set, valid_set, valid_events.reset_index(drop=True),
                         f"lake {train_days[0]}..{train_days[1]}: {_time_range(train_set)}",
-                        f"lake {valid_days[0]}..{valid_days[1]}: {_time_range(valid_set)}")
+                        f"lake {valid_days[0]}..{valid_days[1]}: {_time_range(valid_set)}",
+                        identity=lake_identity(settings, train_days[0], valid_days[1]))
 
 
 def train(settings: Settings, data: TrainingData, out: Path, register: bool = True
