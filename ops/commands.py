@@ -226,6 +226,36 @@ def forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def deliver_deploy(args: argparse.Namespace) -> int:
+    from propensity import aws
+    from propensity.ops import deliver
+
+    log_to_stderr()
+    settings = Settings()
+    api_key = settings.serving_api_key.get_secret_value() if settings.serving_api_key else None
+    target = deliver.Service(args.cluster, args.service, args.container)
+    try:
+        done = deliver.deploy(aws.client("ecs", settings), target, args.image,
+                              lambda: deliver.smoke(args.smoke_url, api_key), args.timeout)
+    except deliver.DeliveryError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{args.service}: {done.previous} -> {done.current}; smoke test passed")
+    return 0
+
+
+def deliver_smoke(args: argparse.Namespace) -> int:
+    from propensity.ops import deliver
+
+    settings = Settings()
+    api_key = settings.serving_api_key.get_secret_value() if settings.serving_api_key else None
+    try:
+        propensity = deliver.smoke(args.url, api_key)
+    except deliver.DeliveryError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{args.url}: ready, and /v1/propensity answered {propensity:.4f}")
+    return 0
+
+
 def serve(args: argparse.Namespace) -> int:
     return server.serve(args.host, args.port, args.workers)
 
