@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from propensity import compaction, feature_repo
+from propensity import cloudwatch, compaction, feature_repo
 from propensity import features as F
 from propensity.batch import aggregates, checks, lake, publish
 from propensity.batch.errors import BatchError
@@ -148,8 +148,10 @@ def compact_day_before(settings: Settings, day: date) -> list[str]:
 
 
 def run_and_print(settings: Settings, request: BatchRun, as_json: bool = False) -> None:
-    """Runs the batch and prints its summary (JSON or text): `propensity batch`, the step."""
+    """Runs the batch, reports its success to CloudWatch (the "batch late" alarm watches it)
+    and prints its summary (JSON or text): `propensity batch`, the EMR step."""
     summary = run(settings, request)
+    cloudwatch.report_success(settings, cloudwatch.DAILY_BATCH_SUCCEEDED)
     print(json.dumps(asdict(summary)) if as_json else summary.format())
 
 

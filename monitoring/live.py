@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from propensity import aws, drift, model_store, quality
+from propensity import aws, cloudwatch, drift, model_store, quality
 from propensity.lake import day_folder
 from propensity.monitoring import report
 from propensity.monitoring.outcomes import LABEL, labelled_batches
@@ -203,11 +203,7 @@ def metric_data(measured: DayReport, at: datetime) -> list[dict[str, Any]]:
 def publish(settings: Settings, measured: DayReport) -> None:
     """The day's figures to CloudWatch, stamped now: the alarm compares consecutive daily
     runs."""
-    cloudwatch = aws.client("cloudwatch", settings)
-    data = metric_data(measured, datetime.now(UTC))
-    for start in range(0, len(data), 500):  # PutMetricData takes up to 1,000 per call
-        cloudwatch.put_metric_data(Namespace=settings.metrics_namespace,
-                                   MetricData=data[start:start + 500])
+    cloudwatch.put(settings, metric_data(measured, datetime.now(UTC)))
 
 
 def read(settings: Settings, day: date, name: str = QUALITY_FILE) -> list[dict[str, Any]]:

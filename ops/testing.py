@@ -218,16 +218,18 @@ def on_cores(cores: Collection[int] | None) -> Callable[[], None] | None:
 
 @contextmanager
 def running_http_server(name: str, argv: list[str], settings: Settings, port: int,
-                        timeout_s: float = 120, cores: Collection[int] | None = None
-                        ) -> Iterator[str]:
+                        timeout_s: float = 120, cores: Collection[int] | None = None,
+                        stdout: Path | None = None) -> Iterator[str]:
     """A server process started with the settings in its environment (on `cores`, if
-    given); yields its base URL once GET /health answers; stops it (SIGTERM, then SIGKILL)
-    after the block. (120 s to answer: a scorer took over 60 s to import Feast and LightGBM
-    and load its model while four test processes shared this machine's two cores.)"""
+    given; its standard output into the file `stdout`, if given); yields its base URL once
+    GET /health answers; stops it (SIGTERM, then SIGKILL) after the block. (120 s to answer:
+    a scorer took over 60 s to import Feast and LightGBM and load its model while four test
+    processes shared this machine's two cores.)"""
     import urllib.request
 
+    out = open(stdout, "wb") if stdout else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     process = subprocess.Popen(argv, env={**os.environ, **settings.to_env()},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               stdout=out, stderr=subprocess.PIPE,
                                preexec_fn=on_cores(cores))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -250,21 +252,23 @@ def running_http_server(name: str, argv: list[str], settings: Settings, port: in
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if stdout:
+            out.close()
 
 
 SCORER_MODULE = "propensity.serving"  # `python -m` it: the scorer's process, as in its image
 
 
 def running_scorer(settings: Settings, port: int | None = None, workers: int = 1,
-                   python: str | Path = sys.executable, cores: Collection[int] | None = None
-                   ) -> contextlib.AbstractContextManager[str]:
+                   python: str | Path = sys.executable, cores: Collection[int] | None = None,
+                   stdout: Path | None = None) -> contextlib.AbstractContextManager[str]:
     """`propensity serve` on 127.0.0.1 with these settings, for a block (its base URL);
     `python`: the interpreter of another install to serve from (the scorer image's, say);
     `cores`: the CPUs it may run on (all by default)."""
     port = port or free_port()
     return running_http_server(
         "the scorer", [str(python), "-m", SCORER_MODULE, "--port", str(port),
-                       "--workers", str(workers)], settings, port, cores=cores)
+                       "--workers", str(workers)], settings, port, cores=cores, stdout=stdout)
 
 
 class RedisProcess:

@@ -38,9 +38,11 @@ from prometheus_client import (
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from propensity import aws, model_store, rollout
+from propensity.cloudwatch import EMF_MAX_VALUES
 from propensity.model import PropensityModel
 from propensity.rollout import CHALLENGER, CHAMPION, SHADOW, Challenger
 from propensity.serving import LATENCY_BUDGET_MS, MAX_BATCH, scoring
+from propensity.serving.emf import EmfReporter, Reservoir
 from propensity.serving.limit import AdaptiveLimit, LimitChange
 from propensity.serving.online import Entities, FeastFeatures, Found, RedisFeatures, empty
 from propensity.serving.prediction_log import LogMetrics, Prediction, PredictionLog, new_request_id
@@ -59,6 +61,7 @@ _ERRORS = {401: {"description": "missing or wrong X-API-Key (when a key is confi
            429: {"description": "overloaded: too many requests in progress, retry shortly"},
            503: {"description": "no model loaded yet"}}
 _BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+FEATURE_AGE_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600)
 
 
 class PropensityRequest(BaseModel):
@@ -143,8 +146,22 @@ class Metrics:
         self.gc_pause = Histogram("propensity_gc_pause_seconds",
                                   "garbage-collector pauses (every request waits them out)",
                                   ["generation"], buckets=_BUCKETS, registry=self.registry)
+        self.responses = Counter("propensity_responses_total",
+                                 "scoring responses by status code (429s: propensity_shed_total)",
+                                 ["code"], registry=self.registry)
+        self.degraded_answers = Counter("propensity_degraded_answers_total",
+                                        "answers computed without the online store's features",
+                                        registry=self.registry)
+        self.feature_age = Histogram("propensity_session_feature_age_seconds",
+                                     "age of the session's features at the moment scored",
+                                     buckets=FEATURE_AGE_BUCKETS, registry=self.registry)
+        self.feature_age_samples = Reservoir(EMF_MAX_VALUES)  # for CloudWatch (emf.py)
         self._gc_started = 0.0
         self.log = LogMetrics(self.registry)
+
+    def observe_feature_age(self, seconds: float) -> None:
+        self.feature_age.observe(seconds)
+        self.feature_age_samples.add(seconds)
 
     def watch_gc(self) -> Callable[[str, dict], None]:
         """Times every collection of this process (gc.callbacks), by generation; returns the
@@ -343,8 +360,10 @@ class RequestTimer:
         started = time.perf_counter()
 
         async def watched(message: dict) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 500:
-                self.metrics.errors.labels(endpoint).inc()
+            if message["type"] == "http.response.start":
+                self.metrics.responses.labels(str(message["status"])).inc()
+                if message["status"] >= 500:
+                    self.metrics.errors.labels(endpoint).inc()
             await send(message)
 
         try:
@@ -398,6 +417,8 @@ def create_app(settings: Settings | None = None) -> Any:
         gc_timer = metrics.watch_gc()
         poller = asyncio.create_task(holder.poll())
         lag_watch = asyncio.create_task(shedder.watch_loop_lag())  # the app's outer layer
+        emf = (asyncio.create_task(EmfReporter(settings.metrics_namespace, metrics).run())
+               if settings.metrics_namespace else None)
         log_writer = None
         if predictions:
             # The log's writer thread converts and uploads while requests run, and a thread
@@ -409,6 +430,9 @@ def create_app(settings: Settings | None = None) -> Any:
         if predictions:
             await predictions.close(log_writer)
         gc.callbacks.remove(gc_timer)
+        if emf is not None:  # its last line, then it ends
+            emf.cancel()
+            await asyncio.gather(emf, return_exceptions=True)
         poller.cancel()
         lag_watch.cancel()
         await state["reader"].close()
@@ -436,10 +460,14 @@ def create_app(settings: Settings | None = None) -> Any:
         model, variant = serving.answering(request.user_id, request.session_id)
         propensity, row = scoring.score(model, values)
         updated = found.session_updated_at()
+        age = None if updated is None else max(0.0, (as_of - updated).total_seconds())
         out = {"request_id": new_request_id(), "session_id": request.session_id,
                "propensity": propensity, "model_version": model.version, "variant": variant,
-               "degraded": degraded, "feature_age_seconds": None if updated is None
-               else max(0.0, (as_of - updated).total_seconds())}
+               "degraded": degraded, "feature_age_seconds": age}
+        if degraded:
+            metrics.degraded_answers.inc()
+        if age is not None:
+            metrics.observe_feature_age(age)
         if request.explain:
             out["explanation"] = scoring.explain(model, row)
         answered[variant].inc()

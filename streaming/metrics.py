@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from propensity import aws
+from propensity import aws, cloudwatch
 from propensity.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -17,12 +17,10 @@ log = logging.getLogger(__name__)
 def batch_metrics(duration_ms: float, input_rows: int, freshness_p50_s: float | None
                   ) -> list[dict[str, Any]]:
     """CloudWatch metric data of one micro-batch."""
-    data = [{"MetricName": "StreamingBatchDurationMs", "Value": float(duration_ms),
-             "Unit": "Milliseconds"},
-            {"MetricName": "StreamingInputRows", "Value": float(input_rows), "Unit": "Count"}]
+    data = [cloudwatch.datum(cloudwatch.STREAMING_BATCH_DURATION_MS, duration_ms),
+            cloudwatch.datum(cloudwatch.STREAMING_INPUT_ROWS, input_rows)]
     if freshness_p50_s is not None:
-        data.append({"MetricName": "StreamingFreshnessP50Seconds",
-                     "Value": float(freshness_p50_s), "Unit": "Seconds"})
+        data.append(cloudwatch.datum(cloudwatch.STREAMING_FRESHNESS_P50_S, freshness_p50_s))
     return data
 
 

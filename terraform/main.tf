@@ -70,12 +70,12 @@ data "aws_iam_policy_document" "data_key" {
     }
   }
   statement {
-    sid       = "CloudWatchAlarmsPublishToTheEncryptedTopic"
+    sid       = "AlarmsAndEventRulesPublishToTheEncryptedTopic"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
     resources = ["*"]
     principals {
       type        = "Service"
-      identifiers = ["cloudwatch.amazonaws.com"]
+      identifiers = local.alarm_publishers
     }
     condition {
       test     = "StringEquals"

@@ -9,6 +9,7 @@ locals {
     PROPENSITY_PREDICTIONS_URI     = local.node_settings.PROPENSITY_PREDICTIONS_URI
     PROPENSITY_SERVING_DEADLINE_MS = "20"
     PROPENSITY_MODEL_POLL_S        = "30"
+    PROPENSITY_METRICS_NAMESPACE   = local.metrics_namespace # its EMF lines (serving/emf.py)
     PYTHONDONTWRITEBYTECODE        = "1"
   }
 }
@@ -191,8 +192,11 @@ resource "aws_ecs_service" "scorer" {
     enable   = true
     rollback = true
   }
+  # Autoscaling owns the count after creation; the delivery workflow (ops/deliver.py) owns
+  # the running task definition: it deploys the family's newest revision, this file's
+  # included, with the image it built.
   lifecycle {
-    ignore_changes = [desired_count] # autoscaling owns it after creation
+    ignore_changes = [desired_count, task_definition]
   }
 }
 

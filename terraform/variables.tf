@@ -137,6 +137,32 @@ variable "scorer_certificate_arn" {
   type        = string
 }
 
+variable "shop_hours" {
+  description = "When the shop expects traffic: the no-requests alarm pages only between open and close (EventBridge Scheduler cron expressions in the time zone)."
+  type = object({
+    open     = string
+    close    = string
+    timezone = string
+  })
+  default = {
+    open     = "cron(0 7 * * ? *)"
+    close    = "cron(0 23 * * ? *)"
+    timezone = "UTC"
+  }
+}
+
+variable "session_feature_age_alarm_s" {
+  description = "Alarm when the median age of the session features the scorer reads (time since the session's last event reached Redis) stays above this many seconds for 10 minutes."
+  type        = number
+  default     = 120
+}
+
+variable "batch_late_after_hours" {
+  description = "Alarm when no daily batch has succeeded for this many hours (with the 00:30 schedule and a batch of about an hour: the day's batch is late by 02:30 the next day)."
+  type        = number
+  default     = 26
+}
+
 variable "alarm_emails" {
   description = "Who the alarms notify."
   type        = list(string)

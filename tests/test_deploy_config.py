@@ -125,6 +125,76 @@ def test_terraform_outputs_are_named_like_the_settings() -> None:
         "PROPENSITY_MONITORING_URI"}
 
 
+def _alarm_metrics() -> dict[str, set[tuple[str, str]]]:
+    """(namespace, metric name) of every CloudWatch alarm, by alarm, with for_each maps and
+    dynamic metric queries resolved (python-hcl2 keeps strings' quotes)."""
+    locals_ = dict(_blocks("locals"))
+
+    def strip(value: str) -> str:
+        return value.strip('"')
+
+    def each_values(body: dict) -> list[dict]:
+        found = body.get("for_each")
+        if isinstance(found, str) and found.startswith("${local."):
+            found = locals_[found[len("${local."):-1]]
+        return list(found.values()) if isinstance(found, dict) else [{}]
+
+    def resolve(name: str, each: dict, query_values: list[str]) -> list[str]:
+        if name == "${metric_query.value}":
+            return [v for q in query_values for v in resolve(q, each, [])]
+        if name.startswith("${each.value."):
+            return [strip(each[name[len("${each.value."):-1]])]
+        return [strip(name)]
+
+    found: dict[str, set[tuple[str, str]]] = {}
+    for kind, block in _blocks("resource"):
+        if kind != "aws_cloudwatch_metric_alarm":
+            continue
+        for alarm, body in block.items():
+            metrics = found.setdefault(strip(alarm), set())
+            for each in each_values(body):
+                queries = [(metric, []) for query in body.get("metric_query", [])
+                           for metric in query.get("metric", [])]
+                for dynamic in body.get("dynamic", []):
+                    spec = dynamic.get('"metric_query"') or dynamic.get("metric_query")
+                    values = list(spec["for_each"].values())
+                    queries += [(metric, values) for content in spec["content"]
+                                for metric in content["metric"]]
+                if "metric_name" in body:
+                    queries.append((body, []))
+                for metric, values in queries:
+                    for name in resolve(metric["metric_name"], each, values):
+                        metrics.add((metric["namespace"], name))
+    return found
+
+
+def test_every_alarm_watches_a_metric_the_code_publishes_under_that_name() -> None:
+    from propensity import cloudwatch
+    from propensity.monitoring import live
+
+    published = (set(cloudwatch.UNITS) | {name for name, _ in live.CLOUDWATCH_METRICS.values()}
+                 | set(live.DRIFT_METRICS.values()))
+    ours = {alarm: {name for namespace, name in metrics
+                    if namespace == "${local.metrics_namespace}"}
+            for alarm, metrics in _alarm_metrics().items()}
+    for alarm, names in ours.items():
+        assert names <= published, (alarm, names - published)
+    # The scorer's, the batch's, the stream's and the monitor's alarms are all there.
+    assert {name for names in ours.values() for name in names} >= {
+        cloudwatch.DEGRADED_ANSWERS, cloudwatch.ANSWERS, cloudwatch.SHED_REQUESTS,
+        cloudwatch.SCORING_REQUESTS, cloudwatch.SESSION_FEATURE_AGE_S,
+        cloudwatch.DAILY_BATCH_SUCCEEDED, cloudwatch.STREAMING_BATCH_DURATION_MS,
+        live.CLOUDWATCH_METRICS["auc_ratio"][0], *live.DRIFT_METRICS.values()}
+    # AWS's own metrics for the rest: the ALB's latency and 5xx, Kinesis's iterator age.
+    assert {name for metrics in _alarm_metrics().values() for namespace, name in metrics
+            if namespace.startswith('"AWS/')} == {
+        "TargetResponseTime", "HTTPCode_Target_5XX_Count", "HTTPCode_ELB_5XX_Count",
+        "RequestCount", "GetRecords.IteratorAgeMilliseconds"}
+    # The scorer sends its metrics with the namespace the alarms read.
+    scorer_settings = dict(_blocks("locals"))["scorer_settings"]
+    assert scorer_settings["PROPENSITY_METRICS_NAMESPACE"] == "${local.metrics_namespace}"
+
+
 def test_terraform_keeps_each_dataset_where_and_as_long_as_the_code_does() -> None:
     from propensity.lake import Dataset, dataset_uri
     from propensity.settings import RETENTION_DAYS

@@ -18,9 +18,10 @@ import pytest
 from pyarrow.fs import FileSelector
 from pyspark.sql import SparkSession
 
-from propensity import events, feature_repo, retention
+from propensity import aws, cloudwatch, events, feature_repo, retention
 from propensity import features as F
 from propensity.batch.job import run as run_batch
+from propensity.batch.job import run_and_print
 from propensity.batch.request import BatchRun
 from propensity.compaction import compact, compact_day, layouts
 from propensity.feature_repo.retrieval import historical_features
@@ -103,15 +104,20 @@ def test_compaction_leaves_the_batch_the_training_set_and_feast_the_same_rows(
                                                                      DAY))
 
 
-def test_the_batch_compacts_the_day_before_its_own(stack: Settings, spark: SparkSession,
-                                                   tmp_path: Path) -> None:
-    settings = isolated(stack, tmp_path)
+def test_the_batch_compacts_the_day_before_its_own_and_reports_its_success(
+        stack: Settings, spark: SparkSession, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = f"Test{tmp_path.name[-12:]}"
+    settings = isolated(stack, tmp_path).model_copy(update={"metrics_namespace": namespace})
     write_like_the_stream(settings, COSMETICS_OCTOBER, 12)
-    summary = run_batch(settings, BatchRun(as_of=DAY + timedelta(days=1)), spark)
+    run_and_print(settings, BatchRun(as_of=DAY + timedelta(days=1)), as_json=True)
+    summary = json.loads(capsys.readouterr().out)
     assert counts(settings) == dict.fromkeys(["lake", *F.ARCHIVE_COLUMNS], 1)
     assert any(line.startswith(f"{settings.events_uri} {DAY}: 11 objects")
-               for line in summary.compacted), summary.compacted
-    assert "compaction:" in summary.format()
+               for line in summary["compacted"]), summary["compacted"]
+    # The "batch late" alarm's metric, in moto's CloudWatch.
+    listed = aws.client("cloudwatch", settings).list_metrics(Namespace=namespace)["Metrics"]
+    assert [m["MetricName"] for m in listed] == [cloudwatch.DAILY_BATCH_SUCCEEDED]
 
 
 # --- forgetting a shopper -----------------------------------------------------------------

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from propensity import lineage, model_store
+from propensity import aws, lineage, model_store
+from propensity.cloudwatch import RETRAIN_SUCCEEDED
 from propensity.drift import PROFILE_FILE
 from propensity.model import PropensityModel
 from propensity.ops.cli import main
@@ -194,8 +195,12 @@ def test_training_on_streamed_days_equals_training_on_the_files(
     assert from_lake.metrics["rows"]["train"] == from_files.metrics["rows"]["train"]
 
     # Retraining on the same lake: refit on both days, a canary challenger, never the champion.
+    by_lake = by_lake.model_copy(update={"metrics_namespace": f"Test{tmp_path.name[-12:]}"})
     retrained = retrain_challenger(by_lake, Retrain(days=40, valid_days=7, canary_share=0.1,
                                          out=tmp_path / "retrain"))
+    listed = aws.client("cloudwatch", by_lake).list_metrics(
+        Namespace=by_lake.metrics_namespace)["Metrics"]
+    assert {m["MetricName"] for m in listed} >= {RETRAIN_SUCCEEDED}
     assert model_store.latest(by_lake) == from_lake.version  # the champion stays
     assert retrained.challenger == Challenger(retrained.version, CANARY, 0.1)
     assert model_store.rollout(by_lake).challenger == retrained.challenger

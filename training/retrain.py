@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold
 
+from propensity import cloudwatch, model_store
 from propensity import features as F
-from propensity import model_store
 from propensity.model import COLUMN_NAMES, PropensityModel, encode
 from propensity.rollout import Challenger
 from propensity.settings import Settings
@@ -163,6 +163,7 @@ def retrain(settings: Settings, request: Retrain, days: tuple[date, date]) -> Re
     version = model_store.put_version(settings, files)
     challenger, reason = None, "stored; behavioural checks failed: not a challenger"
     if passed:
+        cloudwatch.report_success(settings, cloudwatch.RETRAIN_SUCCEEDED)
         if model_store.latest(settings) is None:
             reason = "stored; no champion to challenge: `propensity model promote` it by hand"
         else:
