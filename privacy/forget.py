@@ -14,8 +14,10 @@
   the SHA-256 of the user id (pseudonymous: it identifies the request for whoever knows the id)
   and the counts per place. Never a row.
 
-Idempotent: a second run finds nothing and records zeros. Models trained before stay as they
-are; the README says when retraining forgets too.
+Idempotent: a second run finds nothing and records zeros. Not while a compaction of the same
+days runs: one that read an object before it was rewritten would commit the shopper's rows
+again (a second run removes them). Models trained before stay as they are; the README says when
+retraining forgets too.
 """
 
 from __future__ import annotations
