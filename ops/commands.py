@@ -226,17 +226,22 @@ def forget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api_key(settings: Settings) -> str | None:
+    """The scorer's API key, for a smoke test's requests (None: the scorer asks for none)."""
+    return settings.serving_api_key.get_secret_value() if settings.serving_api_key else None
+
+
 def deliver_deploy(args: argparse.Namespace) -> int:
     from propensity import aws
     from propensity.ops import deliver
 
     log_to_stderr()
     settings = Settings()
-    api_key = settings.serving_api_key.get_secret_value() if settings.serving_api_key else None
     target = deliver.Service(args.cluster, args.service, args.container)
     try:
         done = deliver.deploy(aws.client("ecs", settings), target, args.image,
-                              lambda: deliver.smoke(args.smoke_url, api_key), args.timeout)
+                              lambda: deliver.smoke(args.smoke_url, _api_key(settings)),
+                              args.timeout)
     except deliver.DeliveryError as exc:
         raise UsageError(str(exc)) from None
     print(f"{args.service}: {done.previous} -> {done.current}; smoke test passed")
@@ -246,10 +251,8 @@ def deliver_deploy(args: argparse.Namespace) -> int:
 def deliver_smoke(args: argparse.Namespace) -> int:
     from propensity.ops import deliver
 
-    settings = Settings()
-    api_key = settings.serving_api_key.get_secret_value() if settings.serving_api_key else None
     try:
-        propensity = deliver.smoke(args.url, api_key)
+        propensity = deliver.smoke(args.url, _api_key(Settings()))
     except deliver.DeliveryError as exc:
         raise UsageError(str(exc)) from None
     print(f"{args.url}: ready, and /v1/propensity answered {propensity:.4f}")

@@ -100,11 +100,16 @@ def smoke(url: str, api_key: str | None = None, timeout_s: float = 10) -> float:
     import httpx
 
     headers = {"X-API-Key": api_key} if api_key else {}
-    with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers) as client:
-        ready = client.get("/ready")
-        if ready.status_code != 200:
-            raise DeliveryError(f"{url}/ready answered {ready.status_code}: {ready.text[:200]}")
-        answer = client.post("/v1/propensity", json=SMOKE_REQUEST)
+    try:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s,
+                          headers=headers) as client:
+            ready = client.get("/ready")
+            if ready.status_code != 200:
+                raise DeliveryError(f"{url}/ready answered {ready.status_code}: "
+                                    f"{ready.text[:200]}")
+            answer = client.post("/v1/propensity", json=SMOKE_REQUEST)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"{url}: {type(exc).__name__}: {exc}") from exc
     if answer.status_code != 200:
         raise DeliveryError(f"{url}/v1/propensity answered {answer.status_code}: "
                             f"{answer.text[:200]}")

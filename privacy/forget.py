@@ -136,6 +136,7 @@ def _session_products(settings: Settings, sessions: set[str]) -> set[tuple[str, 
 def _keeper(dataset: Dataset, user_id: int, sessions: set[str]):
     """The rows of a table that stay: a boolean mask function."""
     wanted = pa.array(sorted(sessions), pa.string())
+    pattern = payload_pattern(user_id, sessions)
 
     def keep(table: pa.Table) -> pa.Array:
         names = set(table.column_names)
@@ -147,9 +148,7 @@ def _keeper(dataset: Dataset, user_id: int, sessions: set[str]):
                 gone = pc.or_(gone, pc.fill_null(pc.is_in(table[column], wanted), False))
         if events.PAYLOAD in names:
             gone = pc.or_(gone, pc.fill_null(
-                pc.match_substring_regex(table[events.PAYLOAD], payload_pattern(user_id,
-                                                                                sessions)),
-                False))
+                pc.match_substring_regex(table[events.PAYLOAD], pattern), False))
         return pc.invert(gone)
 
     return keep

@@ -47,6 +47,7 @@ from propensity.lake import (
     archive_uri,
     dataset_uri,
     day_folder,
+    files_under,
     filesystem_of,
     read_manifest,
     visible_names,
@@ -195,11 +196,7 @@ def compact(settings: Settings, datasets: list[Dataset], day: date,
 
 
 def _folder_sizes(filesystem: Any, folder: str) -> dict[str, int]:
-    if filesystem.get_file_info(folder).type == pafs.FileType.NotFound:
-        return {}
-    return {info.base_name: info.size
-            for info in filesystem.get_file_info(pafs.FileSelector(folder))
-            if info.type == pafs.FileType.File}
+    return {info.base_name: info.size for info in files_under(filesystem, folder)}
 
 
 def _read(filesystem: Any, folder: str, names: list[str]) -> pa.Table:

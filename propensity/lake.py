@@ -112,7 +112,8 @@ def read_manifest(filesystem: Any, folder: str) -> Manifest | None:
         return None
 
 
-def _files(filesystem: Any, root: str) -> list[pafs.FileInfo]:
+def files_under(filesystem: Any, root: str) -> list[pafs.FileInfo]:
+    """Every file below `root`, at any depth (none when `root` does not exist)."""
     if filesystem.get_file_info(root).type == pafs.FileType.NotFound:
         return []
     return [info for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
@@ -140,7 +141,7 @@ def visible_objects(filesystem: Any, root: str, until: date | None = None
                     ) -> list[tuple[str, int]]:
     """(path, size) of the Parquet objects a reader takes under `root`, in `date=D` folders
     with D <= until when `until` is given."""
-    infos = [info for info in _files(filesystem, root)
+    infos = [info for info in files_under(filesystem, root)
              if until is None or ((d := day_of(info.path)) is not None and d <= until)]
     return _visible(filesystem, infos)
 
@@ -148,7 +149,7 @@ def visible_objects(filesystem: Any, root: str, until: date | None = None
 def every_object(filesystem: Any, root: str) -> list[tuple[str, int]]:
     """(path, size) of every Parquet object under `root`, visible or not (compaction's inputs
     not yet removed, uncommitted outputs): what forgetting a shopper must rewrite."""
-    return sorted((info.path, info.size) for info in _files(filesystem, root)
+    return sorted((info.path, info.size) for info in files_under(filesystem, root)
                   if info.path.endswith(PARQUET))
 
 
@@ -168,7 +169,7 @@ def lake_days(settings: Settings) -> list[date]:
 
 def day_objects(filesystem: Any, root: str, day: date) -> list[tuple[str, int]]:
     """(path, size) of the Parquet objects a reader takes in one day's folder."""
-    return _visible(filesystem, _files(filesystem, day_folder(root, day).rstrip("/")))
+    return _visible(filesystem, files_under(filesystem, day_folder(root, day).rstrip("/")))
 
 
 def day_dataset(settings: Settings, uri: str, days: Sequence[date]) -> ds.Dataset | None:

@@ -11,9 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from pyarrow import fs as pafs
-
-from propensity.lake import Dataset, dataset_uri, day_of, filesystem_of
+from propensity.lake import Dataset, dataset_uri, day_of, files_under, filesystem_of
 from propensity.settings import Settings
 
 
@@ -40,13 +38,12 @@ class Expired:
 def expired_folders(settings: Settings, dataset: Dataset, today: date) -> list[Expired]:
     """The day folders of a dataset past its retention (the archive's, in every view)."""
     keep = retention_days(settings, dataset)
-    filesystem, root = filesystem_of(settings, dataset_uri(settings, dataset))
-    if keep == 0 or filesystem.get_file_info(root).type == pafs.FileType.NotFound:
+    if keep == 0:
         return []
     counts: dict[str, int] = defaultdict(int)
-    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
+    for info in files_under(*filesystem_of(settings, dataset_uri(settings, dataset))):
         day = day_of(info.path)
-        if info.type == pafs.FileType.File and day is not None and expired(day, keep, today):
+        if day is not None and expired(day, keep, today):
             counts[info.path.rsplit("/", 1)[0]] += 1
     return [Expired(dataset, folder, n) for folder, n in sorted(counts.items())]
 

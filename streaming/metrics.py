@@ -27,13 +27,12 @@ def batch_metrics(duration_ms: float, input_rows: int, freshness_p50_s: float | 
 class CloudWatchMetrics:
     def __init__(self, settings: Settings, client: Any = None) -> None:
         self.settings = settings
-        self.namespace = settings.metrics_namespace
         self._client = client
 
     def publish(self, data: list[dict[str, Any]]) -> None:
         try:
             if self._client is None:
                 self._client = aws.client("cloudwatch", self.settings)
-            self._client.put_metric_data(Namespace=self.namespace, MetricData=data)
+            cloudwatch.put(self.settings, data, self._client)
         except Exception:
             log.warning("could not publish streaming metrics", exc_info=True)

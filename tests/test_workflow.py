@@ -154,3 +154,5 @@ def test_the_smoke_test_asks_a_real_scorer(stack: Settings, tmp_path: Path) -> N
         assert 0 <= deliver.smoke(url) <= 1
         with pytest.raises(deliver.DeliveryError, match="answered 404"):
             deliver.smoke(url + "/nowhere")
+    with pytest.raises(deliver.DeliveryError, match="ConnectError"):
+        deliver.smoke(url)  # the scorer stopped: a clear error, not a traceback
