@@ -99,7 +99,10 @@ NORMAL_SHARE = 0.25
 RECOVERED_SHED_SHARE = 0.05
 RECOVERED_P50_FACTOR = 3.0
 # Requests in flight while the scorer's capacity is measured (closed loop): the adaptive
-# limit's initial value, so the measurement sheds nothing.
+# limit's initial value, so the measurement sheds nothing while the limit stays there. Beside
+# the hog the limit falls below it, the loop's refused requests are sent again at once, and the
+# capacity found is below what the scorer answers at twice it (still an overload: thousands
+# shed).
 CAPACITY_CONNECTIONS = 16
 RETRY_AFTER_S = 1.0
 UNLOADED_RPS = 100.0
