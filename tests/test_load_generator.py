@@ -11,7 +11,7 @@ from propensity.ops.bench.load import run_load
 FIRST_REQUEST_DELAY_S = 0.3
 
 
-async def _serve_until(done: asyncio.Event, requests: collections.Counter) -> int:
+async def _server(requests: collections.Counter) -> asyncio.Server:
     """A keep-alive HTTP/1.1 server on a free port that answers each connection's first request
     FIRST_REQUEST_DELAY_S late (as a server still accepting a burst of connections does) and
     every later one at once; `requests` counts them by connection."""
@@ -29,27 +29,17 @@ async def _serve_until(done: asyncio.Event, requests: collections.Counter) -> in
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    asyncio.get_running_loop().create_task(_close_when(done, server))
-    return port
-
-
-async def _close_when(done: asyncio.Event, server: asyncio.Server) -> None:
-    await done.wait()
-    server.close()
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
 def test_each_connection_is_warmed_by_one_untimed_request_before_the_clock_starts() -> None:
     requests: collections.Counter = collections.Counter()
 
     async def scenario():
-        done = asyncio.Event()
-        port = await _serve_until(done, requests)
-        result = await run_load(f"http://127.0.0.1:{port}/v1/propensity", [b'{"a": 1}'],
-                                rps=100, duration_s=0.5, connections=8)
-        done.set()
-        return result
+        async with await _server(requests) as server:
+            port = server.sockets[0].getsockname()[1]
+            return await run_load(f"http://127.0.0.1:{port}/v1/propensity", [b'{"a": 1}'],
+                                  rps=100, duration_s=0.5, connections=8)
 
     result = asyncio.run(scenario())
     assert (result.sent, result.ok, result.errors) == (50, 50, {})

@@ -31,6 +31,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+# A request's failures on its connection (TimeoutError, from its deadline, is an OSError): the
+# connection is closed and opened again by its next request.
+CONNECTION_ERRORS = (OSError, asyncio.IncompleteReadError, ValueError)
 # The untimed warm-up (_warm): requests in flight at once, and how long each may take.
 WARM_IN_FLIGHT = 4
 WARM_TIMEOUT_S = 5.0
@@ -127,7 +130,7 @@ async def run_load(url: str, bodies: list[bytes], rps: float | None, duration_s:
         try:
             result.answered(await asyncio.wait_for(connection.request(head(len(body)), body),
                                                    due + timeout_s - time.perf_counter()), due)
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError) as error:
+        except CONNECTION_ERRORS as error:
             result.failed(type(error).__name__)
             connection.close()
         finally:
@@ -168,7 +171,7 @@ async def _warm(connections: list[Connection], head: bytes, body: bytes) -> None
         async with gate:
             try:
                 await asyncio.wait_for(connection.request(head, body), WARM_TIMEOUT_S)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            except CONNECTION_ERRORS:
                 connection.close()
 
     await asyncio.gather(*(warm(c) for c in connections))
@@ -190,7 +193,7 @@ async def _closed_loop(connections: list[Connection], duration_s: float, bodies:
             result.sent += 1
             try:
                 result.answered(await connection.request(head(len(body)), body), sent)
-            except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+            except CONNECTION_ERRORS as error:
                 result.failed(type(error).__name__)
                 connection.close()
         connection.close()
